@@ -1,0 +1,166 @@
+"""The separable local convolution: every implementation against the reference, forward and VJP,
+the reference against brute force, numerical gradients, shape errors, and the CUDA lowering."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import pallas_kernels
+from pallas_kernels import BlockSizes, sepconv, sepconv_reference
+
+# (B, C, K, H, W): K in {1, 3, 51}; sizes that do (16x32) and do not (19x37, 9x21) fill whole tiles,
+# and one that spans several tiles in both directions (40x70 with 16x32 tiles).
+CASES = [
+    (2, 3, 1, 16, 32),
+    (2, 1, 3, 19, 37),
+    (2, 1, 3, 40, 70),
+    (2, 3, 51, 16, 16),
+    (2, 3, 51, 9, 21),
+]
+# Tolerance relative to the largest reference magnitude. bfloat16 results are rounded to 8 bits of
+# mantissa (the float32 accumulation is shared with the reference, so the rounding dominates).
+TOLERANCE = {jnp.float32: 2e-5, jnp.bfloat16: 1.6e-2}
+FAST_IMPLS = ("pallas", "xla", "cpu")
+
+
+def _operands(batch, channels, k, height, width, dtype=jnp.float32, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+  image = jax.random.uniform(keys[0], (batch, channels, height + k - 1, width + k - 1))
+  # SepConv's kernel maps are of either sign and O(1/K) in size.
+  vertical = jax.random.normal(keys[1], (batch, k, height, width)) / k
+  horizontal = jax.random.normal(keys[2], (batch, k, height, width)) / k
+  return tuple(a.astype(dtype) for a in (image, vertical, horizontal))
+
+
+def _assert_close(actual, expected, tol, what):
+  actual = np.asarray(actual, np.float32)
+  expected = np.asarray(expected, np.float32)
+  assert actual.shape == expected.shape, what
+  scale = max(float(np.abs(expected).max()), 1e-6)
+  error = float(np.abs(actual - expected).max())
+  assert error <= tol * scale, f"{what}: max abs error {error:.3g} > {tol} * {scale:.3g}"
+
+
+def _brute_force(image, vertical, horizontal):
+  image, vertical, horizontal = (np.asarray(a, np.float64) for a in (image, vertical, horizontal))
+  batch, channels = image.shape[:2]
+  k, height, width = vertical.shape[1:]
+  out = np.zeros((batch, channels, height, width))
+  for b, c, y, x in itertools.product(range(batch), range(channels), range(height), range(width)):
+    for i, j in itertools.product(range(k), range(k)):
+      out[b, c, y, x] += image[b, c, y + i, x + j] * vertical[b, i, y, x] * horizontal[b, j, y, x]
+  return out
+
+
+@pytest.mark.parametrize("case", [(1, 1, 1, 3, 2), (2, 3, 3, 4, 5), (1, 2, 4, 3, 3)])
+def test_reference_matches_brute_force(case):
+  operands = _operands(*case)
+  _assert_close(sepconv_reference(*operands), _brute_force(*operands), 1e-6, f"{case}")
+
+
+def test_reference_numerical_gradients():
+  check_grads(sepconv_reference, _operands(1, 2, 3, 4, 5), order=1, modes=("rev",),
+              atol=2e-2, rtol=2e-2, eps=1e-2)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}C{}K{}_{}x{}".format(*c))
+def test_forward_and_vjp_match_reference(impl, dtype, case, interpret):
+  operands = _operands(*case, dtype=dtype)
+  run = lambda *args: sepconv(*args, impl=impl, interpret=interpret)
+  out, vjp = jax.vjp(run, *operands)
+  expected, vjp_reference = jax.vjp(sepconv_reference, *operands)
+  assert out.dtype == dtype
+  tol = TOLERANCE[dtype]
+  _assert_close(out, expected, tol, f"{impl} forward")
+
+  cotangent = jax.random.normal(jax.random.PRNGKey(1), out.shape).astype(dtype)
+  for name, grad, grad_reference in zip(("image", "vertical", "horizontal"), vjp(cotangent),
+                                        vjp_reference(cotangent)):
+    assert grad.dtype == dtype, name
+    _assert_close(grad, grad_reference, tol, f"{impl} d {name}")
+
+
+@pytest.mark.parametrize("impl", pallas_kernels.IMPLEMENTATIONS)
+def test_grad_under_jit_reaches_all_arguments(impl):
+  operands = _operands(2, 3, 3, 6, 5)
+  loss = lambda *args: jnp.sum(sepconv(*args, impl=impl) ** 2)
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*operands)
+  expected = jax.grad(lambda *a: jnp.sum(sepconv_reference(*a) ** 2), argnums=(0, 1, 2))(*operands)
+  for grad, grad_reference in zip(grads, expected):
+    assert float(jnp.abs(grad).max()) > 0
+    _assert_close(grad, grad_reference, 2e-5, impl)
+
+
+def test_pallas_backward_reference_switch():
+  operands = _operands(2, 1, 3, 5, 6)
+  cotangent = jax.random.normal(jax.random.PRNGKey(3), (2, 1, 5, 6))
+  _, vjp_kernels = jax.vjp(lambda *a: sepconv(*a, impl="pallas"), *operands)
+  _, vjp_reference = jax.vjp(lambda *a: sepconv(*a, impl="pallas", backward_impl="reference"),
+                             *operands)
+  for grad, grad_reference in zip(vjp_kernels(cotangent), vjp_reference(cotangent)):
+    _assert_close(grad, grad_reference, 2e-5, "backward_impl")
+
+
+def test_default_impl_on_cpu_is_a_fast_path():
+  assert jax.default_backend() != "cpu" or pallas_kernels.default_impl() in ("cpu", "xla")
+  assert pallas_kernels.default_impl("gpu") == "pallas"
+
+
+@pytest.mark.parametrize("shapes, message", [
+    (((1, 3, 20, 20), (1, 5, 16, 16), (1, 5, 16, 17)), r"vertical.shape=\(1, 5, 16, 16\)"),
+    (((1, 3, 19, 20), (1, 5, 16, 16), (1, 5, 16, 16)), r"image.shape=\(1, 3, 19, 20\)"),
+    (((2, 3, 20, 20), (1, 5, 16, 16), (1, 5, 16, 16)), r"image.shape=\(2, 3, 20, 20\)"),
+    (((3, 20, 20), (1, 5, 16, 16), (1, 5, 16, 16)), r"image.shape=\(3, 20, 20\)"),
+    (((1, 3, 20, 20), (5, 16, 16), (5, 16, 16)), r"vertical.shape=\(5, 16, 16\)"),
+])
+def test_bad_shapes_raise_value_error_naming_them(shapes, message):
+  with pytest.raises(ValueError, match=message):
+    sepconv(*(jnp.zeros(s) for s in shapes))
+
+
+def test_bad_arguments_raise_value_error():
+  operands = _operands(1, 1, 3, 4, 4)
+  with pytest.raises(ValueError, match="impl='cuda'"):
+    sepconv(*operands, impl="cuda")
+  with pytest.raises(ValueError, match="backward_impl"):
+    sepconv(*operands, backward_impl="triton")
+  with pytest.raises(ValueError, match="image.dtype=int32"):
+    sepconv(operands[0].astype(jnp.int32), *operands[1:])
+
+
+def _triton_kernel_names(lowered_text):
+  return sorted(re.findall(r'custom_call @__gpu\$xla\.gpu\.triton\(.*?name = "(\w+)"',
+                           lowered_text))
+
+
+def test_pallas_lowers_for_cuda_with_every_kernel():
+  """Forward and gradient lower for CUDA on this CPU machine through the four Triton kernels, each
+  exactly once: a silent fallback to the reference (or to XLA) would fail this."""
+  batch, channels, k, height, width = 2, 3, 51, 48, 80
+  shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in
+            ((batch, channels, height + k - 1, width + k - 1), (batch, k, height, width),
+             (batch, k, height, width))]
+  op = lambda *args: sepconv(*args, impl="pallas", interpret=False)
+  forward_text = jax.jit(op).trace(*shapes).lower(lowering_platforms=("cuda",)).as_text()
+  assert _triton_kernel_names(forward_text) == ["sepconv_forward"]
+
+  loss = lambda *args: jnp.mean(op(*args) ** 2)
+  grad_text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(*shapes).lower(
+      lowering_platforms=("cuda",)).as_text()
+  assert _triton_kernel_names(grad_text) == sorted([
+      "sepconv_forward", "sepconv_backward_image", "sepconv_backward_vertical",
+      "sepconv_backward_horizontal"])
+
+
+def test_block_sizes_must_be_powers_of_two():
+  with pytest.raises(ValueError, match="tile_w=24"):
+    BlockSizes(tile_w=24)
