@@ -1,0 +1,113 @@
+"""Saving and loading a `SepConvNet` with the metadata needed to use it correctly.
+
+A model checkpoint is an Orbax composite directory with two items:
+  model     the NNX state (parameters) of the network, restored bit-exactly;
+  metadata  JSON: the format tag, the `SepConvConfig`, the channel order the weights expect
+            ("BGR" for the published weights, "RGB" for models trained here) and free-form `info`
+            (e.g. where converted weights came from).
+
+Orbax writes into a temporary directory next to the target and renames it when the save is
+complete, so a crash never leaves a half-written checkpoint under the final name. A training loop
+that uses `ocp.CheckpointManager` with the same item names ("model", "metadata") produces step
+directories that `load_model` reads as well.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from sepconv_jax.model import SepConvConfig, SepConvNet
+
+FORMAT = "sepconv-jax/1"
+CHANNEL_ORDERS = ("RGB", "BGR")
+MODEL_ITEM = "model"
+METADATA_ITEM = "metadata"
+
+
+class CheckpointError(Exception):
+  """A checkpoint is missing, unreadable or not one of this project's."""
+
+
+def _checkpointer() -> ocp.Checkpointer:
+  # Synchronous: the caller can rely on the directory being complete when `save_model` returns.
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def make_metadata(config: SepConvConfig, *, channel_order: str,
+                  info: dict[str, Any] | None = None) -> dict[str, Any]:
+  """The JSON metadata stored next to the parameters."""
+  if channel_order not in CHANNEL_ORDERS:
+    raise ValueError(f"{channel_order=} must be one of {CHANNEL_ORDERS}")
+  return {"format": FORMAT, "config": config.to_dict(), "channel_order": channel_order,
+          "info": dict(info or {})}
+
+
+def save_model(path: str | os.PathLike, model: SepConvNet, *, channel_order: str = "RGB",
+               info: dict[str, Any] | None = None, overwrite: bool = False) -> pathlib.Path:
+  """Saves `model` and its metadata to the directory `path` (absolute path returned).
+
+  Args:
+    channel_order: The order of the colour channels the weights expect ("RGB" or "BGR").
+    info: Free-form JSON-serialisable facts to keep with the weights (source, step, scores).
+    overwrite: Replace an existing checkpoint at `path`; otherwise that is an error.
+  """
+  path = pathlib.Path(path).absolute()
+  if path.exists() and not overwrite:
+    raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+  metadata = make_metadata(model.config, channel_order=channel_order, info=info)
+  _checkpointer().save(
+      path,
+      args=ocp.args.Composite(**{
+          MODEL_ITEM: ocp.args.StandardSave(nnx.state(model)),
+          METADATA_ITEM: ocp.args.JsonSave(metadata),
+      }),
+      force=overwrite)
+  return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+  """The metadata of the checkpoint at `path`, without loading the parameters."""
+  path = pathlib.Path(path).absolute()
+  if not path.is_dir():
+    raise CheckpointError(f"no checkpoint directory at {path}")
+  try:
+    restored = _checkpointer().restore(
+        path, args=ocp.args.Composite(**{METADATA_ITEM: ocp.args.JsonRestore()}))
+    metadata = restored[METADATA_ITEM]
+  except Exception as error:  # Orbax raises a variety of types for unreadable directories.
+    raise CheckpointError(f"cannot read checkpoint metadata at {path}: {error}") from error
+  if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+    raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (metadata: {metadata!r:.200})")
+  return metadata
+
+
+def abstract_model(config: SepConvConfig) -> SepConvNet:
+  """A model of `config` whose parameters are shapes only (nothing allocated or initialised)."""
+  return nnx.eval_shape(lambda: SepConvNet(config, rngs=nnx.Rngs(0)))
+
+
+def load_model(path: str | os.PathLike) -> tuple[SepConvNet, dict[str, Any]]:
+  """Loads a checkpoint written by `save_model`; returns (model, metadata).
+
+  `metadata["channel_order"]` says which channel order the model's frames must be in.
+  """
+  path = pathlib.Path(path).absolute()
+  metadata = read_metadata(path)
+  config = SepConvConfig.from_dict(metadata["config"])
+  graphdef, abstract_state = nnx.split(abstract_model(config))
+  # Restore onto the default device, whatever the machine that saved it used.
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract_state)
+  try:
+    restored = _checkpointer().restore(
+        path, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(target)}))
+  except Exception as error:
+    raise CheckpointError(f"cannot restore model parameters from {path}: {error}") from error
+  return nnx.merge(graphdef, restored[MODEL_ITEM]), metadata

@@ -1,0 +1,204 @@
+"""Frame interpolation on arrays: pad, run the network (jit-compiled per size), crop, convert.
+
+Conventions of the arrays a user passes in and gets back (the network's own conventions are in
+`sepconv_jax.model`):
+  Layout   (B, H, W, 3) or a single frame (H, W, 3), channels last.
+  Colour   RGB. If the checkpoint's metadata says its weights expect BGR (the published weights
+           do), the channels are swapped on the way in and back on the way out.
+  Values   uint8 in [0, 255] (the result is uint8, rounded) or float in [0, 1] (the result is
+           float32, not clipped, as the network produces it).
+  Sizes    Any. Frames are replicate-padded by the chosen policy (`paper` or `improved`) and
+           cropped back. Frames larger than `max_untiled_pixels` are interpolated in overlapping
+           tiles that are blended with linear ramps, so memory stays bounded at 1080p and 4K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sepconv_jax.checkpoint import load_model
+from sepconv_jax.model import SepConvNet
+from sepconv_jax.padding import DEFAULT_POLICY, POLICIES, run_padded
+
+# Above this many pixels per frame, tile (1280x720 untiled needs a few GB with the full network).
+DEFAULT_MAX_UNTILED_PIXELS = 1280 * 736
+FACTORS = (2, 4, 8)
+# Where the project's default model lives once one ships (see the README).
+DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parent / "weights" / "default"
+
+
+@dataclasses.dataclass(frozen=True)
+class TileSettings:
+  """Overlapping tiles for large frames.
+
+  Attributes:
+    size: Edge of a square tile in pixels. All tiles have this size (border tiles are shifted
+      inwards), so one compilation serves a whole frame.
+    overlap: Pixels shared by neighbouring tiles; the blend ramps over them. The network sees
+      about this much context past each tile's kept interior.
+  """
+  size: int = 512
+  overlap: int = 128
+
+  def __post_init__(self):
+    if self.size < 32 or not 0 <= 2 * self.overlap < self.size:
+      raise ValueError(f"tiles: size={self.size} must be >= 32 and overlap={self.overlap} "
+                       "in [0, size/2)")
+
+
+def _tile_starts(length: int, size: int, overlap: int) -> list[int]:
+  """Starts of tiles of `size` covering [0, length) with at least `overlap` shared pixels."""
+  if length <= size:
+    return [0]
+  step = size - overlap
+  count = -(-(length - overlap) // step)
+  # Spread the tiles evenly so that the last one ends exactly at `length`.
+  return [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
+def _blend_weights(tile: int, starts: Sequence[int], index: int) -> np.ndarray:
+  """Weights along one axis for tile `index`: 1, ramping linearly to 0 over each shared edge."""
+  weights = np.ones(tile, np.float32)
+  if index > 0:
+    shared = starts[index - 1] + tile - starts[index]
+    weights[:shared] = (np.arange(shared, dtype=np.float32) + 0.5) / shared
+  if index < len(starts) - 1:
+    shared = starts[index] + tile - starts[index + 1]
+    weights[tile - shared:] = np.minimum(
+        weights[tile - shared:], ((np.arange(shared, dtype=np.float32) + 0.5) / shared)[::-1])
+  return weights
+
+
+class Interpolator:
+  """Interpolates the frame halfway between two frames, with any SepConv model.
+
+    interpolator = Interpolator.from_checkpoint("path/to/checkpoint")
+    middle = interpolator(first, second)          # arrays, see the module docstring
+    frames = interpolator.multiply(first, second, factor=4)  # the 3 frames in between
+  """
+
+  def __init__(self, model: SepConvNet, *, channel_order: str = "RGB",
+               padding: str = DEFAULT_POLICY,
+               max_untiled_pixels: int | None = DEFAULT_MAX_UNTILED_PIXELS,
+               tiles: TileSettings = TileSettings()):
+    """
+    Args:
+      model: The network.
+      channel_order: The channel order the model's weights expect ("RGB" or "BGR").
+      padding: "improved" (default) or "paper", see `sepconv_jax.padding`.
+      max_untiled_pixels: Frames with more pixels are tiled; None never tiles, 0 always does.
+      tiles: Tile size and overlap for large frames.
+    """
+    if padding not in POLICIES:
+      raise ValueError(f"padding={padding!r} must be one of {POLICIES}")
+    if channel_order not in ("RGB", "BGR"):
+      raise ValueError(f"channel_order={channel_order!r} must be 'RGB' or 'BGR'")
+    self.config = model.config
+    self.channel_order = channel_order
+    self.padding = padding
+    self.max_untiled_pixels = max_untiled_pixels
+    self.tiles = tiles
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def network(state, frame0, frame1):
+      # Compiled once per padded size: frames that pad to the same size share the compilation.
+      return nnx.merge(graphdef, state)(frame0, frame1)
+
+    self._state = state
+    self._network = network
+
+  @classmethod
+  def from_checkpoint(cls, path: str | os.PathLike, padding: str = DEFAULT_POLICY,
+                      **kwargs) -> Interpolator:
+    """Loads a checkpoint written by `sepconv_jax.save_model` (or converted published weights)."""
+    model, metadata = load_model(path)
+    return cls(model, channel_order=metadata["channel_order"], padding=padding, **kwargs)
+
+  @classmethod
+  def default(cls, padding: str = DEFAULT_POLICY, **kwargs) -> Interpolator:
+    """The project's default model, shipped in the package (see the README's model card)."""
+    if not DEFAULT_MODEL_DIR.is_dir():
+      raise FileNotFoundError(
+          f"no default model shipped yet at {DEFAULT_MODEL_DIR}; pass a checkpoint "
+          "(Interpolator.from_checkpoint, or --model on the command line)")
+    return cls.from_checkpoint(DEFAULT_MODEL_DIR, padding=padding, **kwargs)
+
+  # ------------------------------------------------------------------------------------------
+
+  def _interpolate_float(self, frame0: jax.Array, frame1: jax.Array) -> jax.Array:
+    """(B, H, W, 3) float32 in the model's channel order -> the same."""
+    height, width = frame0.shape[1:3]
+    if self.max_untiled_pixels is not None and height * width > self.max_untiled_pixels:
+      return self._interpolate_tiled(frame0, frame1)
+    return run_padded(functools.partial(self._network, self._state), frame0, frame1,
+                      policy=self.padding, kernel_size=self.config.kernel_size)
+
+  def _interpolate_tiled(self, frame0: jax.Array, frame1: jax.Array) -> jax.Array:
+    batch, height, width, channels = frame0.shape
+    size, overlap = self.tiles.size, self.tiles.overlap
+    rows, cols = _tile_starts(height, size, overlap), _tile_starts(width, size, overlap)
+    tile_h, tile_w = min(size, height), min(size, width)
+    total = np.zeros((batch, height, width, channels), np.float32)
+    weight_sum = np.zeros((1, height, width, 1), np.float32)
+    for row_index, y in enumerate(rows):
+      row_weights = _blend_weights(tile_h, rows, row_index)
+      for col_index, x in enumerate(cols):
+        weights = np.outer(row_weights, _blend_weights(tile_w, cols, col_index))
+        weights = weights[None, :, :, None]
+        window = (slice(None), slice(y, y + tile_h), slice(x, x + tile_w))
+        tile = run_padded(functools.partial(self._network, self._state), frame0[window],
+                          frame1[window], policy=self.padding, kernel_size=self.config.kernel_size)
+        total[window] += np.asarray(tile) * weights
+        weight_sum[window] += weights
+    return jnp.asarray(total / weight_sum)
+
+  def __call__(self, first, second) -> np.ndarray | jax.Array:
+    """The frame halfway between `first` and `second` (see the module docstring for formats)."""
+    first, second = (x if isinstance(x, jax.Array) else np.asarray(x) for x in (first, second))
+    if first.shape != second.shape:
+      raise ValueError(f"frames differ in shape: {first.shape} and {second.shape}")
+    if first.dtype != second.dtype:
+      raise ValueError(f"frames differ in dtype: {first.dtype} and {second.dtype}")
+    single = first.ndim == 3
+    if first.ndim not in (3, 4) or first.shape[-1] != 3:
+      raise ValueError(f"frames must be (H, W, 3) or (B, H, W, 3) RGB, got shape {first.shape}")
+    is_uint8 = first.dtype == np.uint8
+    if not is_uint8 and not jnp.issubdtype(first.dtype, jnp.floating):
+      raise ValueError(f"frames must be uint8 or float in [0, 1], got dtype {first.dtype}")
+
+    def to_model(frame):
+      frame = jnp.asarray(frame, jnp.float32)
+      frame = frame / 255.0 if is_uint8 else frame
+      frame = frame[None] if single else frame
+      return frame[..., ::-1] if self.channel_order == "BGR" else frame
+
+    out = self._interpolate_float(to_model(first), to_model(second))
+    if self.channel_order == "BGR":
+      out = out[..., ::-1]
+    out = out[0] if single else out
+    if is_uint8:
+      return np.asarray(jnp.clip(jnp.round(out * 255.0), 0, 255).astype(jnp.uint8))
+    return out
+
+  def multiply(self, first, second, factor: int = 2) -> list:
+    """The `factor - 1` frames evenly spaced between `first` and `second`, in time order.
+
+    Recursive midpoints: factor 4 interpolates the middle, then the middles of both halves.
+    """
+    if factor not in FACTORS:
+      raise ValueError(f"factor={factor} must be one of {FACTORS}")
+    middle = self(first, second)
+    if factor == 2:
+      return [middle]
+    half = factor // 2
+    return self.multiply(first, middle, half) + [middle] + self.multiply(middle, second, half)

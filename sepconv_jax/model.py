@@ -1,0 +1,320 @@
+"""The SepConv network (Niklaus et al., ICCV 2017) in Flax NNX.
+
+Conventions
+  Layout       NHWC everywhere in this module: frames (B, H, W, C), kernel maps (B, H, W, K).
+               Only the separable local convolution itself runs in NCHW (the layout of
+               `pallas_kernels`); the conversion happens in `local_separable_conv` and nowhere else.
+  Values       Frames in [0, 1], float32. The output is not clipped (the published network can
+               overshoot slightly); clip when quantising.
+  Channels     3 per frame, in the order the checkpoint records (`sepconv_jax.checkpoint`). The
+               published weights (`network-l1.pytorch`, `network-lf.pytorch`) expect BGR; a freshly
+               initialised model is order-agnostic and is trained and saved as RGB.
+  Kernel maps  `vertical[b, y, x, i]` weights image row y + i - K//2 and `horizontal[b, y, x, j]`
+               weights image column x + j - K//2 around output pixel (y, x): V indexes rows, H
+               columns. There is one (vertical, horizontal) pair per input frame.
+  Output       sepconv(pad(frame0), V0, H0) + sepconv(pad(frame1), V1, H1), where `pad` replicates
+               the border by K//2 pixels, as the published network does. With
+               `kernel_normalisation` (SepConv++) the sum is divided by the same sum computed on a
+               channel of ones (see `SepConvNet.__call__`).
+  Sizes        H and W must be multiples of 32 (five 2x2 poolings). Any frame size works through
+               the padding policies of `sepconv_jax.padding`, which pad to a multiple of 128 and
+               crop back; the network itself never asserts a maximum resolution.
+
+Architecture (the published one with `SepConvConfig()`; `channels` scales it down for tests):
+  encoder  5 stacks of three 3x3 conv + ReLU: 6 -> 32 -> 64 -> 128 -> 256 -> 512, each followed by
+           2x2 average pooling.
+  decoder  4 stacks 512 -> 512 -> 256 -> 128 -> 64, each followed by a bilinear x2 upsampling with
+           align_corners=True and a 3x3 conv + ReLU; the matching encoder output is added before
+           each stack and after the last one (at half resolution).
+  subnets  4 (vertical/horizontal x frame 0/1): 3x3 conv 64 -> 64 -> 64 -> K with ReLUs, bilinear
+           x2 (align_corners=True), 3x3 conv K -> K without activation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# The op picks its fastest implementation for the backend (C++ kernel on CPU, Pallas on GPU).
+from pallas_kernels import sepconv
+
+# Five 2x2 poolings: the network only runs on sizes divisible by 2**5.
+SIZE_MULTIPLE = 32
+
+PUBLISHED_CHANNELS = (32, 64, 128, 256, 512)
+PUBLISHED_KERNEL_SIZE = 51
+
+# Kernel normalisation divides by the kernels' response to a channel of ones; where that response
+# is nearly zero the division would blow up, so SepConv++ divides by 1 there instead.
+_NORMALISATION_EPSILON = 0.01
+
+# "Start at frame averaging": the last conv of each subnet gets weights this small, so that its
+# bias (a centred one-hot) dominates, while gradients still reach every layer from the first step.
+_FRAME_AVERAGE_WEIGHT_STDDEV = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class SepConvConfig:
+  """Hyper-parameters of the network. `SepConvConfig()` is the published architecture.
+
+  Attributes:
+    channels: Output channels of the five encoder stacks. The decoder mirrors them and the subnets
+      use `channels[1]` hidden channels (64 in the published network).
+    kernel_size: Taps K of each 1D kernel (51 published). Odd, so that the kernel has a centre.
+    kernel_normalisation: Divide the output by the kernels' response to a channel of ones
+      (SepConv++), which makes every output pixel a normalised weighted average of the inputs. Off
+      for the published weights.
+    frame_average_init: Initialise the last conv of each subnet so that the untrained network
+      outputs the average of the two frames (REFERENCE.md, section 6). Off by default, which is
+      the plain Flax initialisation (LeCun normal weights, zero biases).
+  """
+  channels: tuple[int, int, int, int, int] = PUBLISHED_CHANNELS
+  kernel_size: int = PUBLISHED_KERNEL_SIZE
+  kernel_normalisation: bool = False
+  frame_average_init: bool = False
+
+  def __post_init__(self):
+    # Accept lists (e.g. from JSON) but store a tuple so that the config stays hashable.
+    object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+    if len(self.channels) != 5 or min(self.channels) < 1:
+      raise ValueError(f"channels must be 5 positive ints, got {self.channels=}")
+    if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+      raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size=}")
+
+  @classmethod
+  def scaled(cls, width: float, **overrides: Any) -> SepConvConfig:
+    """The published channel widths multiplied by `width` (at least one channel each)."""
+    channels = tuple(max(1, round(c * width)) for c in PUBLISHED_CHANNELS)
+    return cls(channels=channels, **overrides)
+
+  @classmethod
+  def tiny(cls, **overrides: Any) -> SepConvConfig:
+    """A few-thousand-parameter variant with K = 5, for fast tests."""
+    return cls(**{"channels": (4, 8, 8, 8, 8), "kernel_size": 5, **overrides})
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-friendly form, stored in checkpoint metadata."""
+    return {**dataclasses.asdict(self), "channels": list(self.channels)}
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> SepConvConfig:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+      raise ValueError(f"unknown SepConvConfig fields {sorted(unknown)}")
+    return cls(**values)
+
+
+class KernelMaps(NamedTuple):
+  """The four per-pixel 1D kernels, each (B, H, W, K); index 0/1 is the frame they apply to."""
+  vertical0: jax.Array
+  horizontal0: jax.Array
+  vertical1: jax.Array
+  horizontal1: jax.Array
+
+
+def _conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Conv:
+  # 'SAME' with a 3x3 kernel is the published zero padding of 1 on each side.
+  return nnx.Conv(in_features, out_features, kernel_size=(3, 3), padding="SAME", rngs=rngs,
+                  **kwargs)
+
+
+def average_pool2x(x: jax.Array) -> jax.Array:
+  """2x2 average pooling, stride 2, NHWC; H and W must be even."""
+  batch, height, width, channels = x.shape
+  return x.reshape(batch, height // 2, 2, width // 2, 2, channels).mean(axis=(2, 4))
+
+
+def _align_corners_taps(size_in: int, size_out: int):
+  """Source indices and weights of 1D linear interpolation with align_corners=True."""
+  if size_in == 1 or size_out == 1:
+    zeros = np.zeros(size_out, np.int32)
+    return zeros, zeros, np.zeros(size_out, np.float32)
+  # align_corners=True maps the first and last samples onto each other exactly.
+  source = np.arange(size_out, dtype=np.float64) * ((size_in - 1) / (size_out - 1))
+  lower = np.minimum(np.floor(source).astype(np.int32), size_in - 1)
+  upper = np.minimum(lower + 1, size_in - 1)
+  return lower, upper, (source - lower).astype(np.float32)
+
+
+def upsample2x_align_corners(x: jax.Array) -> jax.Array:
+  """Bilinear x2 upsampling of an NHWC array with align_corners=True (PyTorch's semantics).
+
+  `jax.image.resize` uses half-pixel centres (align_corners=False), which would not match the
+  published weights, so the two linear passes are written out; indices are static.
+  """
+  for axis in (1, 2):
+    lower, upper, fraction = _align_corners_taps(x.shape[axis], 2 * x.shape[axis])
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    fraction = jnp.asarray(fraction, x.dtype).reshape(shape)
+    x = (jnp.take(x, lower, axis=axis) * (1 - fraction)
+         + jnp.take(x, upper, axis=axis) * fraction)
+  return x
+
+
+class ConvStack(nnx.Module):
+  """Three 3x3 convs, each followed by ReLU (the reference's `Basic`)."""
+
+  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+    self.convs = nnx.List([
+        _conv3x3(in_features, out_features, rngs),
+        _conv3x3(out_features, out_features, rngs),
+        _conv3x3(out_features, out_features, rngs),
+    ])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for conv in self.convs:
+      x = jax.nn.relu(conv(x))
+    return x
+
+
+class UpsampleConv(nnx.Module):
+  """Bilinear x2 (align_corners=True), then a 3x3 conv + ReLU (the reference's `Upsample`)."""
+
+  def __init__(self, features: int, *, rngs: nnx.Rngs):
+    self.conv = _conv3x3(features, features, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jax.nn.relu(self.conv(upsample2x_align_corners(x)))
+
+
+class KernelSubnet(nnx.Module):
+  """Predicts one 1D kernel per output pixel from the half-resolution decoder features."""
+
+  def __init__(self, in_features: int, kernel_size: int, *, frame_average_init: bool,
+               rngs: nnx.Rngs):
+    self.convs = nnx.List([
+        _conv3x3(in_features, in_features, rngs),
+        _conv3x3(in_features, in_features, rngs),
+        _conv3x3(in_features, kernel_size, rngs),
+    ])
+    output_init = {}
+    if frame_average_init:
+      # A centred one-hot of height sqrt(1/2) in both the vertical and the horizontal kernel gives
+      # an outer product of 1/2 at the centre tap, so each frame contributes half of itself.
+      centre = np.zeros(kernel_size, np.float32)
+      centre[kernel_size // 2] = math.sqrt(0.5)
+      output_init = {
+          "kernel_init": nnx.initializers.normal(_FRAME_AVERAGE_WEIGHT_STDDEV),
+          "bias_init": lambda key, shape, dtype=jnp.float32: jnp.asarray(centre, dtype),
+      }
+    self.output_conv = _conv3x3(kernel_size, kernel_size, rngs, **output_init)
+
+  def __call__(self, features: jax.Array) -> jax.Array:
+    x = features
+    for conv in self.convs:
+      x = jax.nn.relu(conv(x))
+    # The published subnets end without an activation: kernel weights may be negative.
+    return self.output_conv(upsample2x_align_corners(x))
+
+
+def local_separable_conv(frame: jax.Array, vertical: jax.Array,
+                         horizontal: jax.Array) -> jax.Array:
+  """The separable local convolution on NHWC arrays, with the published replicate padding.
+
+  frame (B, H, W, C), vertical and horizontal (B, H, W, K) -> (B, H, W, C). This is the only place
+  that changes layout: the op in `pallas_kernels` takes NCHW images and (B, K, H, W) kernel maps.
+  """
+  half = vertical.shape[-1] // 2
+  image = jnp.transpose(frame, (0, 3, 1, 2))
+  # Replicate ("edge") padding, as the published network pads its inputs before the op.
+  image = jnp.pad(image, ((0, 0), (0, 0), (half, half), (half, half)), mode="edge")
+  out = sepconv(image, jnp.transpose(vertical, (0, 3, 1, 2)),
+                jnp.transpose(horizontal, (0, 3, 1, 2)))
+  return jnp.transpose(out, (0, 2, 3, 1))
+
+
+class SepConvNet(nnx.Module):
+  """The SepConv U-Net: two frames in, the frame halfway between them out (see module docstring)."""
+
+  def __init__(self, config: SepConvConfig = SepConvConfig(), *, rngs: nnx.Rngs):
+    self.config = config
+    c1, c2, c3, c4, c5 = config.channels
+    # Both frames enter together, concatenated on channels (3 + 3).
+    self.encoder = nnx.List([
+        ConvStack(6, c1, rngs=rngs),
+        ConvStack(c1, c2, rngs=rngs),
+        ConvStack(c2, c3, rngs=rngs),
+        ConvStack(c3, c4, rngs=rngs),
+        ConvStack(c4, c5, rngs=rngs),
+    ])
+    # Deepest first: decoder[0] runs at 1/32 resolution, decoder[3] at 1/4.
+    self.decoder = nnx.List([
+        ConvStack(c5, c5, rngs=rngs),
+        ConvStack(c5, c4, rngs=rngs),
+        ConvStack(c4, c3, rngs=rngs),
+        ConvStack(c3, c2, rngs=rngs),
+    ])
+    self.upsamplers = nnx.List([UpsampleConv(c, rngs=rngs) for c in (c5, c4, c3, c2)])
+    # Index = the frame the kernels apply to.
+    subnet = lambda: KernelSubnet(c2, config.kernel_size,
+                                  frame_average_init=config.frame_average_init, rngs=rngs)
+    self.vertical_subnets = nnx.List([subnet(), subnet()])
+    self.horizontal_subnets = nnx.List([subnet(), subnet()])
+
+  def kernel_maps(self, frame0: jax.Array, frame1: jax.Array) -> KernelMaps:
+    """The four kernel maps, each (B, H, W, K), for frames (B, H, W, 3) with H, W % 32 == 0."""
+    for name, frame in (("frame0", frame0), ("frame1", frame1)):
+      if frame.ndim != 4 or frame.shape[-1] != 3:
+        raise ValueError(f"{name}.shape={frame.shape} must be (B, H, W, 3)")
+    if frame0.shape != frame1.shape:
+      raise ValueError(f"frames differ in shape: {frame0.shape=}, {frame1.shape=}")
+    height, width = frame0.shape[1:3]
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+      raise ValueError(f"{height=} and {width=} must be multiples of {SIZE_MULTIPLE}; pad with "
+                       "sepconv_jax.padding (policies 'paper' and 'improved') for other sizes")
+
+    x = jnp.concatenate([frame0, frame1], axis=-1)
+    skips = []
+    for stack in self.encoder:
+      x = stack(x)
+      skips.append(x)
+      x = average_pool2x(x)
+    # skips[4] (1/16 res) joins after decoder[0], ..., skips[1] (1/2 res) after decoder[3].
+    for stack, upsample, skip in zip(self.decoder, self.upsamplers, reversed(skips[1:])):
+      x = upsample(stack(x)) + skip
+    return KernelMaps(
+        vertical0=self.vertical_subnets[0](x),
+        horizontal0=self.horizontal_subnets[0](x),
+        vertical1=self.vertical_subnets[1](x),
+        horizontal1=self.horizontal_subnets[1](x),
+    )
+
+  def __call__(self, frame0: jax.Array, frame1: jax.Array, *,
+               return_kernels: bool = False) -> jax.Array | tuple[jax.Array, KernelMaps]:
+    """Interpolates the frame halfway between `frame0` and `frame1`.
+
+    Args:
+      frame0, frame1: (B, H, W, 3) in [0, 1], H and W multiples of 32, channel order as the
+        checkpoint records.
+      return_kernels: Also return the four kernel maps (for inspection and kernel losses).
+
+    Returns:
+      The frame (B, H, W, 3), or (frame, KernelMaps) with `return_kernels`.
+    """
+    kernels = self.kernel_maps(frame0, frame1)
+    if self.config.kernel_normalisation:
+      # One extra channel of ones goes through the op with the image: its output is the sum of
+      # the kernel weights each pixel sees (both frames together), which the image is divided by.
+      ones = jnp.ones_like(frame0[..., :1])
+      frame0, frame1 = (jnp.concatenate([f, ones], axis=-1) for f in (frame0, frame1))
+    total = (local_separable_conv(frame0, kernels.vertical0, kernels.horizontal0)
+             + local_separable_conv(frame1, kernels.vertical1, kernels.horizontal1))
+    if self.config.kernel_normalisation:
+      weight_sum = total[..., -1:]
+      weight_sum = jnp.where(jnp.abs(weight_sum) < _NORMALISATION_EPSILON, 1.0, weight_sum)
+      total = total[..., :-1] / weight_sum
+    return (total, kernels) if return_kernels else total
+
+
+def count_parameters(config: SepConvConfig = SepConvConfig()) -> int:
+  """Number of trainable parameters, counted on abstract shapes (allocates nothing)."""
+  abstract = nnx.eval_shape(lambda: SepConvNet(config, rngs=nnx.Rngs(0)))
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

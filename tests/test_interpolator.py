@@ -1,0 +1,131 @@
+"""The Interpolator: arrays in, arrays out, any size, tiles for large frames, x2/x4/x8."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from sepconv_jax import SepConvConfig, SepConvNet, save_model
+from sepconv_jax.interpolator import Interpolator, TileSettings
+
+
+@pytest.fixture(scope="module")
+def model():
+  """A tiny network that starts at frame averaging, with its kernels' last layer perturbed so that
+  the output depends on image content (a plain tiny init outputs nearly zero everywhere)."""
+  net = SepConvNet(SepConvConfig.tiny(frame_average_init=True), rngs=nnx.Rngs(0))
+  for index, subnet in enumerate([*net.vertical_subnets, *net.horizontal_subnets]):
+    kernel = subnet.output_conv.kernel
+    kernel[...] = jax.random.normal(jax.random.PRNGKey(index), kernel[...].shape) * 0.05
+  return net
+
+
+def _pattern(height, width, shift=0):
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  xx = xx + shift
+  return np.stack([np.sin(xx / 9), np.cos(yy / 7), np.sin((xx + yy) / 13)], -1) * 0.5 + 0.5
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 64), (1, 130)])
+def test_odd_sizes_uint8_and_float(model, shape):
+  interpolator = Interpolator(model)
+  first, second = _pattern(*shape), _pattern(*shape, shift=2)
+  out = interpolator(first, second)
+  assert out.shape == (*shape, 3) and out.dtype == np.float32
+  # The network starts near frame averaging; content changes it, but not wildly.
+  assert 0 < np.abs(np.asarray(out) - (first + second) / 2).mean() < 0.1
+
+  as_uint8 = lambda f: np.round(f * 255).astype(np.uint8)
+  out_uint8 = interpolator(as_uint8(first), as_uint8(second))
+  assert out_uint8.shape == (*shape, 3) and out_uint8.dtype == np.uint8
+  expected = np.clip(np.round(np.asarray(interpolator(as_uint8(first) / 255.0,
+                                                      as_uint8(second) / 255.0)) * 255), 0, 255)
+  assert np.abs(out_uint8.astype(int) - expected).max() <= 1
+
+
+def test_batch_matches_single_frames(model):
+  interpolator = Interpolator(model)
+  firsts = np.stack([_pattern(40, 44), _pattern(40, 44, shift=5)])
+  seconds = np.stack([_pattern(40, 44, shift=2), _pattern(40, 44, shift=9)])
+  batched = np.asarray(interpolator(firsts, seconds))
+  for index in range(2):
+    single = np.asarray(interpolator(firsts[index], seconds[index]))
+    np.testing.assert_allclose(batched[index], single, atol=1e-5)
+
+
+def test_bgr_checkpoints_see_bgr(model):
+  first, second = _pattern(32, 48), _pattern(32, 48, shift=3)
+  rgb_out = np.asarray(Interpolator(model, channel_order="RGB")(first[..., ::-1],
+                                                                second[..., ::-1]))
+  bgr_out = np.asarray(Interpolator(model, channel_order="BGR")(first, second))
+  np.testing.assert_allclose(bgr_out, rgb_out[..., ::-1], atol=1e-6)
+
+
+def test_tiled_matches_untiled_in_the_interior(model):
+  """Tiles see less context than the whole frame, so they differ slightly; the blend must not
+  show seams: interior within 0.01 (2.5 grey levels), mean within 1e-3."""
+  first, second = _pattern(200, 300), _pattern(200, 300, shift=3)
+  untiled = np.asarray(Interpolator(model, max_untiled_pixels=None)(first, second))
+  tiled = np.asarray(Interpolator(model, max_untiled_pixels=0,
+                                  tiles=TileSettings(size=160, overlap=64))(first, second))
+  difference = np.abs(untiled - tiled)
+  assert difference[32:-32, 32:-32].max() < 0.01
+  assert difference.mean() < 1e-3
+
+
+def test_tiling_starts_automatically_above_the_threshold(model, monkeypatch):
+  interpolator = Interpolator(model, max_untiled_pixels=64 * 64, tiles=TileSettings(64, 16))
+  calls = []
+  original = interpolator._interpolate_tiled
+  monkeypatch.setattr(interpolator, "_interpolate_tiled",
+                      lambda *a: calls.append(1) or original(*a))
+  interpolator(_pattern(64, 64), _pattern(64, 64))
+  assert not calls
+  assert interpolator(_pattern(64, 96), _pattern(64, 96)).shape == (64, 96, 3)
+  assert calls
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_multiply_returns_frames_in_time_order(model, factor):
+  interpolator = Interpolator(model)
+  first, second = _pattern(32, 32), _pattern(32, 32, shift=4)
+  frames = interpolator.multiply(first, second, factor)
+  assert len(frames) == factor - 1
+  middle = np.asarray(interpolator(first, second))
+  np.testing.assert_allclose(np.asarray(frames[factor // 2 - 1]), middle, atol=1e-6)
+  if factor >= 4:
+    np.testing.assert_allclose(np.asarray(frames[factor // 4 - 1]),
+                               np.asarray(interpolator(first, middle)), atol=1e-6)
+
+
+def test_from_checkpoint_reads_channel_order(model, tmp_path):
+  save_model(tmp_path / "ckpt", model, channel_order="BGR")
+  interpolator = Interpolator.from_checkpoint(tmp_path / "ckpt", padding="paper")
+  assert interpolator.channel_order == "BGR" and interpolator.padding == "paper"
+  first, second = _pattern(32, 40), _pattern(32, 40, shift=1)
+  np.testing.assert_allclose(
+      np.asarray(interpolator(first, second)),
+      np.asarray(Interpolator(model, channel_order="BGR", padding="paper")(first, second)),
+      atol=1e-6)
+
+
+@pytest.mark.parametrize("first, second, message", [
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8), "differ in shape"),
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32), "differ in dtype"),
+    (np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 4), np.uint8), r"\(H, W, 3\)"),
+    (np.zeros((8, 8, 3), np.int32), np.zeros((8, 8, 3), np.int32), "uint8 or float"),
+])
+def test_bad_frames_raise_value_error(model, first, second, message):
+  with pytest.raises(ValueError, match=message):
+    Interpolator(model)(first, second)
+
+
+def test_bad_settings_raise_value_error(model):
+  with pytest.raises(ValueError, match="padding"):
+    Interpolator(model, padding="reflect")
+  with pytest.raises(ValueError, match="factor"):
+    Interpolator(model).multiply(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)), 3)
+  with pytest.raises(ValueError, match="overlap"):
+    TileSettings(size=64, overlap=32)
