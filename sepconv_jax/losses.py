@@ -1,0 +1,105 @@
+"""Training losses, each `loss(batch, prediction) -> scalar`, chosen by name with `get_loss`.
+
+`batch` is a dict with "x0", "x1" (the input frames) and "y" (the true middle frame), and
+`prediction` the network's middle frame; all NHWC float32 in [0, 1], RGB.
+
+  l1       mean absolute error (the paper's main loss)
+  l2       mean squared error
+  ssim     1 - SSIM with an 11x11 Gaussian window, sigma 1.5 (the "MATLAB" SSIM), differentiable
+  vgg      mean squared distance of VGG-19 relu4_4 features (needs local ImageNet weights)
+  l1+vgg   l1 + nu * vgg, nu = 1e-5 by default (the replication used 1e-5 and 5e-5)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Batch = Mapping[str, jax.Array]
+Loss = Callable[[Batch, jax.Array], jax.Array]
+
+LOSSES = ("l1", "l2", "ssim", "vgg", "l1+vgg")
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+# The usual SSIM stabilisers for a data range of 1.
+_SSIM_C1 = 0.01**2
+_SSIM_C2 = 0.03**2
+
+
+def l1_loss(batch: Batch, prediction: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.abs(prediction - batch["y"]))
+
+
+def l2_loss(batch: Batch, prediction: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.square(prediction - batch["y"]))
+
+
+def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+  offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
+  window = np.exp(-offsets**2 / (2 * sigma**2))
+  return (window / window.sum()).astype(np.float32)
+
+
+def _gaussian_filter(images: jax.Array, window: np.ndarray) -> jax.Array:
+  """Separable 'valid' Gaussian filtering of each channel of NHWC images."""
+  channels = images.shape[-1]
+  size = window.shape[0]
+  # Depthwise convolution: one filter per channel (feature_group_count = channels).
+  for shape in ((size, 1, 1, channels), (1, size, 1, channels)):
+    kernel = jnp.broadcast_to(jnp.asarray(window).reshape(shape[:2] + (1, 1)), shape)
+    images = jax.lax.conv_general_dilated(images, kernel, (1, 1), "VALID",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                          feature_group_count=channels)
+  return images
+
+
+def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Mean SSIM of NHWC images in [0, 1] with an 11x11 Gaussian window (sigma 1.5), 'valid' region,
+  averaged over pixels, channels and the batch. Images must be at least 11x11."""
+  window = _gaussian_window()
+  mu_x, mu_y = _gaussian_filter(x, window), _gaussian_filter(y, window)
+  var_x = _gaussian_filter(x * x, window) - mu_x**2
+  var_y = _gaussian_filter(y * y, window) - mu_y**2
+  cov = _gaussian_filter(x * y, window) - mu_x * mu_y
+  ssim_map = ((2 * mu_x * mu_y + _SSIM_C1) * (2 * cov + _SSIM_C2)) / (
+      (mu_x**2 + mu_y**2 + _SSIM_C1) * (var_x + var_y + _SSIM_C2))
+  return jnp.mean(ssim_map)
+
+
+def ssim_loss(batch: Batch, prediction: jax.Array) -> jax.Array:
+  return 1.0 - ssim(prediction, batch["y"])
+
+
+def make_vgg_loss(weights_path: str | os.PathLike | None) -> Loss:
+  """The VGG-19 relu4_4 feature loss with ImageNet weights from a local file."""
+  if weights_path is None:
+    raise ValueError("the VGG loss needs ImageNet VGG-19 weights: pass a local file "
+                     "(--vgg-weights PATH; torchvision .pth or .npz, see sepconv_jax.vgg)")
+  from sepconv_jax.vgg import load_vgg19_features  # pylint: disable=import-outside-toplevel
+  features = load_vgg19_features(weights_path)
+
+  def vgg_loss(batch: Batch, prediction: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.square(features(prediction) - features(batch["y"])))
+
+  return vgg_loss
+
+
+def get_loss(name: str, *, nu: float = 1e-5,
+             vgg_weights: str | os.PathLike | None = None) -> Loss:
+  """The loss called `name` (one of `LOSSES`); `nu` weights the VGG term of "l1+vgg"."""
+  if name == "l1":
+    return l1_loss
+  if name == "l2":
+    return l2_loss
+  if name == "ssim":
+    return ssim_loss
+  if name == "vgg":
+    return make_vgg_loss(vgg_weights)
+  if name == "l1+vgg":
+    vgg_loss = make_vgg_loss(vgg_weights)
+    return lambda batch, prediction: l1_loss(batch, prediction) + nu * vgg_loss(batch, prediction)
+  raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
