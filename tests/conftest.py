@@ -7,6 +7,7 @@ import pathlib
 
 # TensorFlow (tf.data) shares the machine with JAX: keep its logs quiet and its hands off any GPU.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import jax
 import pytest

@@ -1,0 +1,201 @@
+"""tf.data pipelines over the `sepconv_triplets` cache: batches `{"x0", "x1", "y"}` for training.
+
+Conventions: every batch is a dict of NHWC float32 tensors in [0, 1], RGB; `x0` and `x1` are the
+input frames, `y` the middle frame (the target).
+
+Training (`train_dataset`): read this host's share of the split -> shuffle -> repeat -> per
+example, jointly for the three frames: random `crop_size` square crop, then one of {identity,
+rot90, vertical flip, horizontal flip} with equal probability, then a temporal swap of x0 and x1
+with probability 1/2 -> batch -> prefetch. The crop comes first and is square, because rot90
+swaps height and width.
+
+Determinism: every random choice is a stateless TF op (`tf.random.stateless_*`) whose seed is
+derived from (seed, process_index, position of the example in this host's stream) with
+`stateless_fold_in`; the position comes from `Dataset.enumerate`, file order and shuffling are
+seeded too. So a seed fixes the whole stream, and `augment(example, seed)` gives the same result
+run eagerly as inside tf.data.
+
+Multi-host: `process_index` / `process_count` (the training code passes `jax.process_index()` and
+`jax.process_count()`; this package does not import jax) select an even, disjoint share of the
+examples with `tfds.even_splits`; hosts also fold their index into the augmentation seeds.
+
+Threads: tf.data shares the machine with the training step, so its private thread pool and its
+autotuning CPU budget are capped at `threads` (default 2). Even so, on 2 cores it delivers far more
+batches than a CPU training step consumes (see benchmarks/bench_data_pipeline.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from data import builder
+
+FRAMES = ("x0", "y", "x1")  # temporal order in the stacked (3, H, W, C) representation
+IDENTITY, ROT90, FLIP_UP_DOWN, FLIP_LEFT_RIGHT = range(4)
+_SEED_SALT = 0x5EC0  # keeps pipeline seeds apart from other users of the same integer seed
+
+
+def element_seed(seed: int, process_index: int, index) -> tf.Tensor:
+  """The stateless seed (shape [2], int64) of the `index`-th example of a host's stream."""
+  base = tf.constant([seed, _SEED_SALT], tf.int64)
+  base = tf.random.experimental.stateless_fold_in(base, tf.cast(process_index, tf.int64))
+  return tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
+
+
+def stack_frames(example: dict) -> tf.Tensor:
+  """(3, H, W, C) in temporal order x0, y, x1 (the dtype of the frames)."""
+  # convert_to_tensor first: tf.stack of a list of uint8 NumPy arrays would give int32.
+  return tf.stack([tf.convert_to_tensor(example[k]) for k in FRAMES])
+
+
+def unstack_frames(frames: tf.Tensor) -> dict:
+  """{"x0", "x1", "y"} float32 in [0, 1] from (3, H, W, C) uint8 (or float already in [0, 1])."""
+  if frames.dtype == tf.uint8:
+    frames = tf.cast(frames, tf.float32) / 255.0
+  return {"x0": frames[0], "x1": frames[2], "y": frames[1]}
+
+
+def random_crop(frames: tf.Tensor, seed, size: int) -> tf.Tensor:
+  """The same random size x size window of every frame of (3, H, W, C)."""
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  height, width = tf.shape(frames)[1], tf.shape(frames)[2]
+  tf.debugging.assert_greater_equal(tf.minimum(height, width), size,
+                                    message=f"frames smaller than the crop size {size}")
+  top = tf.random.stateless_uniform([], seeds[0], minval=0, maxval=height - size + 1,
+                                    dtype=tf.int32)
+  left = tf.random.stateless_uniform([], seeds[1], minval=0, maxval=width - size + 1,
+                                     dtype=tf.int32)
+  crop = frames[:, top:top + size, left:left + size, :]
+  return tf.ensure_shape(crop, [3, size, size, frames.shape[-1]])
+
+
+def center_crop(frames: tf.Tensor, size: int) -> tf.Tensor:
+  height, width = tf.shape(frames)[1], tf.shape(frames)[2]
+  top, left = (height - size) // 2, (width - size) // 2
+  crop = frames[:, top:top + size, left:left + size, :]
+  return tf.ensure_shape(crop, [3, size, size, frames.shape[-1]])
+
+
+def orient(frames: tf.Tensor, op) -> tf.Tensor:
+  """Applies IDENTITY, ROT90 (counter-clockwise), FLIP_UP_DOWN or FLIP_LEFT_RIGHT to every frame."""
+  return tf.switch_case(tf.cast(op, tf.int32), [
+      lambda: frames,
+      lambda: tf.image.rot90(frames, k=1),
+      lambda: tf.reverse(frames, axis=[1]),
+      lambda: tf.reverse(frames, axis=[2]),
+  ])
+
+
+def random_orientation(frames: tf.Tensor, seed) -> tf.Tensor:
+  """One of the four orientations with probability 1/4 each; frames must be square."""
+  if frames.shape[1] is not None and frames.shape[1] != frames.shape[2]:
+    raise ValueError(f"random_orientation needs square frames (rot90 swaps H and W), got "
+                     f"{frames.shape}: crop first")
+  op = tf.random.stateless_uniform([], seed, minval=0, maxval=4, dtype=tf.int32)
+  return orient(frames, op)
+
+
+def random_temporal_swap(frames: tf.Tensor, seed) -> tf.Tensor:
+  """Swaps x0 and x1 with probability 1/2 (the middle frame stays)."""
+  swap = tf.random.stateless_uniform([], seed, minval=0, maxval=2, dtype=tf.int32)
+  order = tf.where(swap == 1, tf.constant([2, 1, 0]), tf.constant([0, 1, 2]))
+  return tf.gather(frames, order)
+
+
+def augment(example: dict, seed, crop_size: int = 128) -> dict:
+  """Training augmentation of one example {"x0", "y", "x1"} (uint8 (H, W, 3)) -> model inputs."""
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  frames = random_crop(stack_frames(example), seeds[0], crop_size)
+  frames = random_orientation(frames, seeds[1])
+  frames = random_temporal_swap(frames, seeds[2])
+  return unstack_frames(frames)
+
+
+def pipeline_options(threads: int = 2) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = threads
+  options.threading.max_intra_op_parallelism = 1
+  options.autotune.cpu_budget = threads
+  return options
+
+
+def _host_split(split: str, process_index: int, process_count: int, drop_remainder: bool):
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"{process_index=} must be in [0, {process_count=})")
+  if process_count == 1:
+    return split
+  return tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
+
+
+def _check_crop(dataset: tf.data.Dataset, crop_size: int) -> None:
+  height, width = dataset.element_spec["y"].shape[:2]
+  if height is not None and width is not None and crop_size > min(height, width):
+    raise ValueError(f"{crop_size=} is larger than the cached patches ({height}x{width})")
+
+
+def read_split(data_dir: str | os.PathLike, split: str, *, process_index: int = 0,
+               process_count: int = 1, shuffle_files: bool = False, seed: int = 0,
+               drop_remainder: bool = True, config: str | None = None) -> tf.data.Dataset:
+  """This host's share of a split of the prepared cache, as {"x0", "y", "x1"} uint8 examples."""
+  cache = builder.load_builder(data_dir, config)
+  if split not in cache.info.splits:
+    raise builder.CacheError(f"the cache in {data_dir} has no {split!r} split "
+                             f"(it has {', '.join(cache.info.splits)})")
+  read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
+  dataset = cache.as_dataset(
+      split=_host_split(split, process_index, process_count, drop_remainder),
+      shuffle_files=shuffle_files, read_config=read_config,
+      decoders={"sequence": tfds.decode.SkipDecoding()})
+  return dataset.map(lambda example: {k: example[k] for k in FRAMES})
+
+
+def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_size: int = 128,
+                  seed: int = 0, process_index: int = 0, process_count: int = 1,
+                  shuffle_buffer: int = 1024, threads: int = 2, repeat: bool = True,
+                  split: str = builder.TRAIN, config: str | None = None) -> tf.data.Dataset:
+  """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`."""
+  dataset = read_split(data_dir, split, process_index=process_index,
+                       process_count=process_count, shuffle_files=True, seed=seed,
+                       drop_remainder=True, config=config)
+  _check_crop(dataset, crop_size)
+  if shuffle_buffer > 1:
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    dataset = dataset.repeat()
+  dataset = dataset.enumerate().map(
+      lambda index, example: augment(example, element_seed(seed, process_index, index),
+                                     crop_size),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  dataset = dataset.batch(batch_size, drop_remainder=True)
+  return dataset.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options(threads))
+
+
+def validation_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16,
+                       crop_size: int | None = None, process_index: int = 0,
+                       process_count: int = 1, threads: int = 2, drop_remainder: bool = False,
+                       split: str = builder.VALIDATION, config: str | None = None
+                       ) -> tf.data.Dataset:
+  """Validation batches: no augmentation, fixed order, the full patch or its centre crop.
+
+  With several hosts each reads an even share; `drop_remainder=False` keeps every example (hosts
+  may then see one batch more or less, and the last batch may be smaller).
+  """
+  dataset = read_split(data_dir, split, process_index=process_index,
+                       process_count=process_count, shuffle_files=False,
+                       drop_remainder=drop_remainder, config=config)
+  if crop_size is not None:
+    _check_crop(dataset, crop_size)
+
+  def prepare(example):
+    frames = stack_frames(example)
+    if crop_size is not None:
+      frames = center_crop(frames, crop_size)
+    return unstack_frames(frames)
+
+  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+  return dataset.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options(threads))

@@ -1,0 +1,149 @@
+"""tf.data augmentation: eager == tf.data for a seed, triplets stay aligned (data.pipeline)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data import pipeline
+
+SIZE = 40  # small synthetic patches keep these tests fast
+CROP = 32
+
+
+def _coordinate_triplet():
+  """Pixels that name their source: channel 0 = row, 1 = column, 2 = 10 * frame index + 1."""
+  rows, cols = np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij")
+  frames = [np.stack([rows, cols, np.full_like(rows, 10 * t + 1)], axis=-1).astype(np.uint8)
+            for t in range(3)]
+  return dict(zip(pipeline.FRAMES, frames))
+
+
+def _moving_square_triplet(top=10, left=6, step=5, side=8):
+  """A white square moving right by `step` px per frame on black: x0, y, x1."""
+  frames = []
+  for t in range(3):
+    frame = np.zeros((SIZE, SIZE, 3), np.uint8)
+    frame[top:top + side, left + step * t:left + step * t + side] = 255
+    frames.append(frame)
+  return dict(zip(pipeline.FRAMES, frames))
+
+
+def _in_dataset(function, example, seed):
+  @tf.autograph.experimental.do_not_convert
+  def apply(e):
+    return function(e, seed)
+
+  return next(iter(tf.data.Dataset.from_tensors(example).map(apply)))
+
+
+def _numpy(tree):
+  return tf.nest.map_structure(lambda t: t.numpy(), tree)
+
+
+SEEDS = [tf.constant([0, 0], tf.int64), tf.constant([7, 3], tf.int64),
+         *(pipeline.element_seed(5, 1, i) for i in range(8))]
+
+
+@pytest.mark.parametrize("name,function", [
+    ("crop", lambda e, s: pipeline.random_crop(pipeline.stack_frames(e), s, CROP)),
+    ("orientation", lambda e, s: pipeline.random_orientation(pipeline.stack_frames(e), s)),
+    ("temporal_swap", lambda e, s: pipeline.random_temporal_swap(pipeline.stack_frames(e), s)),
+    ("augment", lambda e, s: pipeline.augment(e, s, CROP)),
+])
+def test_each_augmentation_agrees_eager_and_in_tf_data(name, function):
+  example = _coordinate_triplet()
+  for seed in SEEDS:
+    eager = _numpy(function(example, seed))
+    graph = _numpy(_in_dataset(function, example, seed))
+    tf.nest.map_structure(np.testing.assert_array_equal, eager, graph)
+  outputs = {_numpy(function(example, s)).__repr__() for s in SEEDS}
+  assert len(outputs) > 1, f"{name}: the seed changes nothing"
+
+
+def test_orientations_are_the_documented_ones():
+  frames = pipeline.stack_frames(_coordinate_triplet())
+  reference = frames.numpy()
+  expected = {pipeline.IDENTITY: reference, pipeline.ROT90: np.rot90(reference, 1, axes=(1, 2)),
+              pipeline.FLIP_UP_DOWN: reference[:, ::-1], pipeline.FLIP_LEFT_RIGHT:
+              reference[:, :, ::-1]}
+  for op, want in expected.items():
+    np.testing.assert_array_equal(pipeline.orient(frames, op).numpy(), want)
+
+
+def _decode(batch):
+  """From augmented coordinate frames (float in [0, 1]): rows, cols and frame ids per output."""
+  return {k: np.rint(v.numpy() * 255).astype(int) for k, v in batch.items()}
+
+
+def test_augment_keeps_the_triplet_aligned_and_covers_every_choice():
+  """Every output pixel must come from the same source pixel in all three frames, through one
+  crop and one of the four orientations; y must stay the middle frame."""
+  example = _coordinate_triplet()
+  seen = collections.Counter()
+  for i in range(200):
+    out = _decode(pipeline.augment(example, pipeline.element_seed(0, 0, i), CROP))
+    rows, cols = out["y"][..., 0], out["y"][..., 1]
+    for key in ("x0", "x1"):  # same source pixel in every frame
+      np.testing.assert_array_equal(out[key][..., :2], out["y"][..., :2])
+    assert np.all(out["y"][..., 2] == 11)  # the middle frame is always the target
+    first, last = out["x0"][0, 0, 2], out["x1"][0, 0, 2]
+    assert {first, last} == {1, 21} and np.all(out["x0"][..., 2] == first)
+    swapped = first == 21
+    # A contiguous crop: the source rows and columns form a CROP x CROP window in one of the
+    # four orientations.
+    top, left = rows.min(), cols.min()
+    assert rows.max() - top == CROP - 1 and cols.max() - left == CROP - 1
+    window = np.stack(np.meshgrid(np.arange(top, top + CROP), np.arange(left, left + CROP),
+                                  indexing="ij"), axis=-1)
+    got = np.stack([rows, cols], axis=-1)
+    orientations = {"identity": window, "rot90": np.rot90(window, 1, axes=(0, 1)),
+                    "flip_ud": window[::-1], "flip_lr": window[:, ::-1]}
+    matches = [n for n, w in orientations.items() if np.array_equal(got, w)]
+    assert len(matches) == 1
+    seen[matches[0]] += 1
+    seen["swapped" if swapped else "in_order"] += 1
+    seen[("top", int(top))] += 1
+  for name in ("identity", "rot90", "flip_ud", "flip_lr"):
+    assert 25 <= seen[name] <= 75, seen  # 1/4 each of 200 (binomial sd about 6)
+  assert 70 <= seen["swapped"] <= 130, seen
+  assert len([k for k in seen if isinstance(k, tuple)]) > 4  # crops really move
+
+
+def _centroid(frame):
+  mask = frame.numpy().mean(axis=-1) > 0.5
+  ys, xs = np.nonzero(mask)
+  return np.array([ys.mean(), xs.mean()]), mask.sum()
+
+
+def test_moving_square_stays_consistent_under_augmentation():
+  """The square in y must sit halfway between x0 and x1, with the same size, for every seed."""
+  example = _moving_square_triplet()
+  displacements = set()
+  for i in range(64):
+    out = pipeline.augment(example, pipeline.element_seed(3, 0, i), CROP)
+    (c0, n0), (cy, ny), (c1, n1) = (_centroid(out[k]) for k in ("x0", "y", "x1"))
+    if min(n0, ny, n1) < 64:  # the crop cut the square: its centroid moves, skip this one
+      continue
+    np.testing.assert_allclose(cy, (c0 + c1) / 2, atol=1e-6)
+    step = c1 - c0
+    assert np.sort(np.abs(step)).tolist() == [0.0, 10.0]  # 2 x 5 px along one axis
+    displacements.add(tuple(step))
+  # Motion directions seen: right (identity, vertical flip), left (horizontal flip), up (rot90),
+  # each possibly reversed by the temporal swap.
+  assert len(displacements) >= 3
+
+
+def test_element_seeds_differ_by_position_host_and_seed():
+  seeds = {tuple(pipeline.element_seed(s, p, i).numpy()) for s in range(2) for p in range(2)
+           for i in range(3)}
+  assert len(seeds) == 12
+
+
+def test_augmentation_refuses_non_square_frames_for_rot90():
+  frames = tf.zeros([3, 32, 40, 3], tf.uint8)
+  with pytest.raises(ValueError, match="square"):
+    pipeline.random_orientation(frames, SEEDS[0])
