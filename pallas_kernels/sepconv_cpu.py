@@ -5,6 +5,8 @@ Conventions are those of `pallas_kernels.reference`:
   vertical    (B, K, H, W)                  vertical[b, i, y, x] weights image row y + i
   horizontal  (B, K, H, W)                  horizontal[b, j, y, x] weights image column x + j
   output      (B, C, H, W)
+or, with `kernel_layout="BHWK"`, vertical and horizontal (and their gradients) as (B, H, W, K),
+handled natively by the kernels (no transpose in XLA).
   out[b, c, y, x] = sum_i sum_j image[b, c, y + i, x + j] * vertical[b, i, y, x]
                                                           * horizontal[b, j, y, x]
 
@@ -22,6 +24,7 @@ thread pool, one thread per core).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import pathlib
@@ -34,7 +37,7 @@ import threading
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels._shapes import check_sepconv_shapes
+from pallas_kernels._shapes import KERNEL_LAYOUTS, check_kernel_layout, check_sepconv_shapes
 
 __all__ = ["cpu_kernel_available", "cpu_kernel_unavailable_reason", "sepconv_cpu"]
 
@@ -158,49 +161,61 @@ def _require_kernels() -> None:
     raise RuntimeError(f"sepconv_cpu: the C++ kernels are unavailable: {_state.get('error')}")
 
 
-def _forward_call(image, vertical, horizontal):
-  out = jax.ShapeDtypeStruct(image.shape[:2] + vertical.shape[2:], jnp.float32)
+def _attrs(layout: int) -> dict:
+  # `kernel_layout` is static: 0 = BKHW, 1 = BHWK (the index in KERNEL_LAYOUTS).
+  return {"threads": _threads(), "kernel_layout": layout}
+
+
+def _forward_call(image, vertical, horizontal, layout):
+  height_width = vertical.shape[1:3] if layout else vertical.shape[2:]
+  out = jax.ShapeDtypeStruct(image.shape[:2] + height_width, jnp.float32)
   return jax.ffi.ffi_call("sepconv_jax_cpu_forward", out, vmap_method="sequential")(
-      image, vertical, horizontal, threads=_threads())
+      image, vertical, horizontal, **_attrs(layout))
 
 
-@jax.custom_vjp
-def _sepconv_f32(image, vertical, horizontal):
-  return _forward_call(image, vertical, horizontal)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _sepconv_f32(image, vertical, horizontal, layout):
+  return _forward_call(image, vertical, horizontal, layout)
 
 
-def _sepconv_f32_fwd(image, vertical, horizontal):
-  return _forward_call(image, vertical, horizontal), (image, vertical, horizontal)
+def _sepconv_f32_fwd(image, vertical, horizontal, layout):
+  return _forward_call(image, vertical, horizontal, layout), (image, vertical, horizontal)
 
 
-def _sepconv_f32_bwd(residuals, g):
+def _sepconv_f32_bwd(layout, residuals, g):
   image, vertical, horizontal = residuals
   g = g.astype(jnp.float32)
   d_image = jax.ffi.ffi_call(
       "sepconv_jax_cpu_backward_image", jax.ShapeDtypeStruct(image.shape, jnp.float32),
-      vmap_method="sequential")(image, vertical, horizontal, g, threads=_threads())
+      vmap_method="sequential")(image, vertical, horizontal, g, **_attrs(layout))
+  # The kernel-map gradients come back in the maps' own layout.
   kernel_grad = jax.ShapeDtypeStruct(vertical.shape, jnp.float32)
   d_vertical, d_horizontal = jax.ffi.ffi_call(
       "sepconv_jax_cpu_backward_kernels", (kernel_grad, kernel_grad),
-      vmap_method="sequential")(image, vertical, horizontal, g, threads=_threads())
+      vmap_method="sequential")(image, vertical, horizontal, g, **_attrs(layout))
   return d_image, d_vertical, d_horizontal
 
 
 _sepconv_f32.defvjp(_sepconv_f32_fwd, _sepconv_f32_bwd)
 
 
-def sepconv_cpu(image: jax.Array, vertical: jax.Array, horizontal: jax.Array) -> jax.Array:
+def sepconv_cpu(image: jax.Array, vertical: jax.Array, horizontal: jax.Array,
+                kernel_layout: str = "BKHW") -> jax.Array:
   """The separable local convolution with the compiled CPU kernels (see the module docstring).
+
+  `kernel_layout` is "BKHW" (vertical, horizontal (B, K, H, W)) or "BHWK" ((B, H, W, K)); the
+  kernels read either layout directly and return the kernel-map gradients in the same layout.
 
   Differentiable with respect to all three arguments (`jax.custom_vjp`); works under `jax.jit` and
   `jax.grad`. Inputs are cast to float32 for the kernels, so gradients come back in each
   argument's own dtype and the output in `jnp.result_type(image, vertical, horizontal)`.
-  Raises ValueError for inconsistent shapes and RuntimeError when the kernels could not be built
+  Raises ValueError for an unknown layout or inconsistent shapes and RuntimeError when the kernels could not be built
   (`cpu_kernel_unavailable_reason()` says why).
   """
-  check_sepconv_shapes(image.shape, vertical.shape, horizontal.shape)
+  check_sepconv_shapes(image.shape, vertical.shape, horizontal.shape, kernel_layout)
+  layout = KERNEL_LAYOUTS.index(check_kernel_layout(kernel_layout))
   _require_kernels()
   out_dtype = jnp.result_type(image, vertical, horizontal)
   out = _sepconv_f32(jnp.asarray(image, jnp.float32), jnp.asarray(vertical, jnp.float32),
-                     jnp.asarray(horizontal, jnp.float32))
+                     jnp.asarray(horizontal, jnp.float32), layout)
   return out.astype(out_dtype)

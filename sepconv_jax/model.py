@@ -2,8 +2,9 @@
 
 Conventions
   Layout       NHWC everywhere in this module: frames (B, H, W, C), kernel maps (B, H, W, K).
-               Only the separable local convolution itself runs in NCHW (the layout of
-               `pallas_kernels`); the conversion happens in `local_separable_conv` and nowhere else.
+               The separable local convolution takes NCHW images (`pallas_kernels`); the frames
+               (3 channels, cheap) are converted in `local_separable_conv` and nowhere else. The
+               kernel maps go to the op as they are (`kernel_layout="BHWK"`).
   Values       Frames in [0, 1], float32. The output is not clipped (the published network can
                overshoot slightly); clip when quantising.
   Channels     3 per frame, in the order the checkpoint records (`sepconv_jax.checkpoint`). The
@@ -220,14 +221,17 @@ def local_separable_conv(frame: jax.Array, vertical: jax.Array,
   """The separable local convolution on NHWC arrays, with the published replicate padding.
 
   frame (B, H, W, C), vertical and horizontal (B, H, W, K) -> (B, H, W, C). This is the only place
-  that changes layout: the op in `pallas_kernels` takes NCHW images and (B, K, H, W) kernel maps.
+  that changes layout: the op in `pallas_kernels` takes NCHW images, so the frame and the output
+  (C channels) are transposed here. The kernel maps (K = 51 channels, 4 x 67 MB at 640x512) are
+  not: the op reads them in this layout (`kernel_layout="BHWK"`; natively in the C++ CPU kernel,
+  and its gradients come back in it), which saves four large layout copies per frame and their
+  gradient counterparts in training.
   """
   half = vertical.shape[-1] // 2
   image = jnp.transpose(frame, (0, 3, 1, 2))
   # Replicate ("edge") padding, as the published network pads its inputs before the op.
   image = jnp.pad(image, ((0, 0), (0, 0), (half, half), (half, half)), mode="edge")
-  out = sepconv(image, jnp.transpose(vertical, (0, 3, 1, 2)),
-                jnp.transpose(horizontal, (0, 3, 1, 2)))
+  out = sepconv(image, vertical, horizontal, kernel_layout="BHWK")
   return jnp.transpose(out, (0, 2, 3, 1))
 
 

@@ -127,6 +127,57 @@ def test_bad_shapes_raise_value_error_naming_them(shapes, message):
     sepconv(*(jnp.zeros(s) for s in shapes))
 
 
+# (B, C, K, H, W): K = 51 at a width that is not a multiple of 16 (one full AVX-512 block and a
+# partial one in the C++ kernel's transposes), and a small K = 3 case with two channel groups.
+LAYOUT_CASES = [(1, 3, 51, 5, 21), (1, 4, 3, 6, 17)]
+
+
+@pytest.mark.parametrize("impl, case", [
+    (impl, case) for impl in pallas_kernels.IMPLEMENTATIONS for case in LAYOUT_CASES
+    # The reference's layout handling is the same moveaxis as at K = 3; K = 51 only slows it.
+    if not (impl == "reference" and case[2] == 51)
+], ids=lambda value: value if isinstance(value, str) else "B{}C{}K{}_{}x{}".format(*value))
+def test_bhwk_layout_matches_bkhw(impl, case, interpret):
+  """kernel_layout="BHWK" gives the BKHW output, and the BKHW gradients moved to BHWK."""
+  image, vertical, horizontal = _operands(*case)
+  to_bhwk = lambda a: jnp.moveaxis(a, 1, -1)
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), case[:2] + case[3:])
+  run = lambda layout: jax.jit(lambda *a: jax.vjp(
+      lambda *b: sepconv(*b, impl=impl, interpret=interpret, kernel_layout=layout), *a)[1](
+          cotangent) + (sepconv(*a, impl=impl, interpret=interpret, kernel_layout=layout),))
+  *grads, out = run("BKHW")(image, vertical, horizontal)
+  *grads_bhwk, out_bhwk = run("BHWK")(image, to_bhwk(vertical), to_bhwk(horizontal))
+  _assert_close(out_bhwk, out, 1e-6, f"{impl} BHWK forward")
+  _assert_close(grads_bhwk[0], grads[0], 1e-6, f"{impl} BHWK d image")
+  for name, grad_bhwk, grad in zip(("vertical", "horizontal"), grads_bhwk[1:], grads[1:]):
+    assert grad_bhwk.shape == to_bhwk(grad).shape, name
+    _assert_close(grad_bhwk, to_bhwk(grad), 1e-6, f"{impl} BHWK d {name}")
+
+
+@pytest.mark.parametrize("shapes, message", [
+    # BKHW maps passed as BHWK: K is read from the last axis (16), so the image does not fit.
+    (((1, 3, 20, 20), (1, 5, 16, 16), (1, 5, 16, 16)),
+     r"image.shape=\(1, 3, 20, 20\).*vertical.shape=\(1, 5, 16, 16\).*\(B, H, W, K\)"),
+    (((1, 3, 20, 20), (1, 16, 16, 5), (1, 16, 17, 5)),
+     r"horizontal.shape=\(1, 16, 17, 5\).*\(B, H, W, K\).*'BHWK'"),
+    (((1, 3, 20, 20), (16, 16, 5), (16, 16, 5)), r"vertical.shape=\(16, 16, 5\)"),
+])
+def test_bhwk_bad_shapes_name_them_and_the_layout(shapes, message):
+  with pytest.raises(ValueError, match=message):
+    sepconv(*(jnp.zeros(s) for s in shapes), kernel_layout="BHWK")
+  # The same maps in BHWK are fine.
+  assert sepconv(jnp.zeros((1, 3, 20, 20)), jnp.zeros((1, 16, 16, 5)), jnp.zeros((1, 16, 16, 5)),
+                 kernel_layout="BHWK").shape == (1, 3, 16, 16)
+
+
+def test_bad_kernel_layout_raises_value_error_naming_it():
+  operands = _operands(1, 1, 3, 4, 4)
+  for impl in FAST_IMPLS:
+    for bad in ("NHWC", "bhwk", 1):
+      with pytest.raises(ValueError, match=f"kernel_layout={bad!r}"):
+        sepconv(*operands, impl=impl, kernel_layout=bad)
+
+
 def test_bad_arguments_raise_value_error():
   operands = _operands(1, 1, 3, 4, 4)
   with pytest.raises(ValueError, match="impl='cuda'"):

@@ -79,6 +79,26 @@ def test_forward_and_vjp_match_reference(shape, dtype, rel):
     _assert_close(grad, ref, rel, name)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 51, 20, 37), (2, 4, 3, 6, 17)],
+                         ids=lambda s: "B{}C{}K{}H{}W{}".format(*s))
+def test_bhwk_layout_matches_reference(shape):
+  """Kernel maps (B, H, W, K), read natively: several bands, widths past a multiple of 16."""
+  image, vertical, horizontal, cotangent = _inputs(shape, jnp.float32)
+  to_bhwk = lambda a: jnp.moveaxis(a, 1, -1)
+  fn = functools.partial(cpu.sepconv_cpu, kernel_layout="BHWK")
+  out, grads = jax.jit(functools.partial(_vjp, fn))(image, to_bhwk(vertical), to_bhwk(horizontal),
+                                                    cotangent)
+  ref_out, (ref_image, ref_vertical, ref_horizontal) = _reference(shape)
+  _assert_close(out, ref_out, 1e-4, "output")
+  for name, grad, ref in zip(("d_image", "d_vertical", "d_horizontal"), grads,
+                             (ref_image, to_bhwk(ref_vertical), to_bhwk(ref_horizontal))):
+    _assert_close(grad, ref, 1e-4, name)
+  with pytest.raises(ValueError, match="kernel_layout='NCHW'"):
+    cpu.sepconv_cpu(image, vertical, horizontal, kernel_layout="NCHW")
+  with pytest.raises(ValueError, match=r"\(B, H, W, K\)"):
+    cpu.sepconv_cpu(image, vertical, horizontal, kernel_layout="BHWK")
+
+
 def test_mixed_dtypes_promote():
   image, vertical, horizontal, _ = _inputs((1, 3, 3, 4, 5), jnp.float32)
   out = cpu.sepconv_cpu(image.astype(jnp.bfloat16), vertical, horizontal.astype(jnp.float16))

@@ -5,6 +5,10 @@
 //   vertical    (B, K, H, W)        vertical[b, i, y, x] weights image row    y + i
 //   horizontal  (B, K, H, W)        horizontal[b, j, y, x] weights image column x + j
 //   out         (B, C, H, W)
+// or, with the attribute kernel_layout = 1 ("BHWK"), vertical and horizontal (and their
+// gradients) as (B, H, W, K): the taps of a pixel contiguous, the layout of an NHWC network's
+// kernel maps. The kernels copy the maps into per-chunk tiles anyway (see load_tiles); for BHWK
+// that copy is a small transpose, and so is the write-back of the kernel-map gradients.
 //   out[b,c,y,x] = sum_i vertical[b,i,y,x] * sum_j image[b,c,y+i,x+j] * horizontal[b,j,y,x]
 //
 // Gradients (g = cotangent of out):
@@ -14,8 +18,8 @@
 //
 // Every kernel vectorises along x (rows are contiguous in NCHW) with GCC vector extensions, which
 // compile to AVX-512 / AVX / SSE / NEON or scalar code depending on the target, so the file builds
-// with any GCC or Clang (the only intrinsics, non-temporal stores, sit behind __AVX512F__ /
-// __AVX__ / __SSE__ with a plain-store fallback). All three kernels are gathers: each work unit
+// with any GCC or Clang (the only intrinsics, non-temporal stores and the 16 x 16 transposes of
+// the BHWK layout, sit behind __AVX512F__ / __AVX__ / __SSE__ with plain fallbacks). All three kernels are gathers: each work unit
 // owns disjoint output rows (bands of 4 rows for the forward and d_vertical / d_horizontal, of
 // ~K rows for d_image), handed out through an atomic counter to the XLA CPU thread pool and the
 // calling thread, so there are no atomics on the data and results do not depend on the schedule.
@@ -119,10 +123,18 @@ struct Scratch {
 
 struct Geom {
   int64_t B, C, K, H, W;
+  bool bhwk = false;  // kernel maps (B, H, W, K) instead of (B, K, H, W)
   int64_t img_h() const { return H + K - 1; }
   int64_t img_w() const { return W + K - 1; }
-  int64_t plane() const { return H * W; }              // stride between taps of V and H
+  int64_t plane() const { return H * W; }
   int64_t img_plane() const { return img_h() * img_w(); }
+  // Strides of the kernel maps (and their gradients) between taps, rows and pixels.
+  int64_t kstride() const { return bhwk ? 1 : plane(); }
+  int64_t rstride() const { return bhwk ? W * K : W; }
+  int64_t pstride() const { return bhwk ? K : 1; }
+  int64_t map_offset(int64_t b, int64_t y, int64_t x) const {  // &map[b, tap 0, y, x]
+    return b * K * plane() + y * rstride() + x * pstride();
+  }
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -203,8 +215,124 @@ inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 //   map: &map[b, 0, y0, x0] (tap stride kstride, row stride rstride)
 constexpr int64_t kChunk = 16 * kVW;
 
-void load_tiles(const float* map, ptrdiff_t kstride, ptrdiff_t rstride, int K, int nr, int64_t n,
-                float* tiles) {
+// Small transposes between the BHWK layout (taps of a pixel contiguous) and rows of pixels:
+//   transpose_in:  dst[k * dks + p] = src[p * sps + k]   for k < nk, p < m
+//   transpose_out: dst[p * dps + k] = src[k * sks + p]   for k < nk, p < m
+// With AVX-512 a full block of 16 pixels goes through 16 x 16 in-register transposes (masked
+// loads / stores for the last nk % 16 taps); elsewhere, and for partial blocks, a scalar loop.
+#if defined(__AVX512F__)
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 16; i += 8)
+    for (int l = 0; l < 4; ++l) {
+      t[i + l] = _mm512_shuffle_f32x4(r[i + l], r[i + l + 4], 0x88);
+      t[i + l + 4] = _mm512_shuffle_f32x4(r[i + l], r[i + l + 4], 0xDD);
+    }
+  for (int l = 0; l < 8; ++l) {
+    r[l] = _mm512_shuffle_f32x4(t[l], t[l + 8], 0x88);
+    r[l + 8] = _mm512_shuffle_f32x4(t[l], t[l + 8], 0xDD);
+  }
+}
+#endif
+
+void transpose_in(const float* src, ptrdiff_t sps, int nk, int m, float* dst, ptrdiff_t dks) {
+#if defined(__AVX512F__)
+  if (m == 16) {
+    for (int k0 = 0; k0 < nk; k0 += 16) {
+      const int nt = std::min(16, nk - k0);
+      const __mmask16 mask = static_cast<__mmask16>((1u << nt) - 1);
+      __m512 r[16];
+      for (int p = 0; p < 16; ++p) r[p] = _mm512_maskz_loadu_ps(mask, src + p * sps + k0);
+      transpose16(r);
+      for (int k = 0; k < nt; ++k) _mm512_storeu_ps(dst + (k0 + k) * dks, r[k]);
+    }
+    return;
+  }
+#endif
+  for (int p = 0; p < m; ++p)
+    for (int k = 0; k < nk; ++k) dst[k * dks + p] = src[p * sps + k];
+}
+
+void transpose_out(const float* src, ptrdiff_t sks, int nk, int m, float* dst, ptrdiff_t dps) {
+#if defined(__AVX512F__)
+  if (m == 16) {
+    for (int k0 = 0; k0 < nk; k0 += 16) {
+      const int nt = std::min(16, nk - k0);
+      const __mmask16 mask = static_cast<__mmask16>((1u << nt) - 1);
+      __m512 r[16];
+      for (int k = 0; k < 16; ++k)
+        r[k] = k < nt ? _mm512_loadu_ps(src + (k0 + k) * sks) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int p = 0; p < 16; ++p) _mm512_mask_storeu_ps(dst + p * dps + k0, mask, r[p]);
+    }
+    return;
+  }
+#endif
+  for (int k = 0; k < nk; ++k)
+    for (int p = 0; p < m; ++p) dst[p * dps + k] = src[k * sks + p];
+}
+
+// Copies n floats; where the destination is vector aligned, with non-temporal stores (the caller
+// fences). Returns whether any were streamed.
+bool stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t head = (sizeof(vf) - reinterpret_cast<uintptr_t>(dst) % sizeof(vf)) % sizeof(vf);
+  if (head % sizeof(float) != 0 || n < head / static_cast<int64_t>(sizeof(float)) + kVW) {
+    std::memcpy(dst, src, sizeof(float) * n);
+    return false;
+  }
+  head /= sizeof(float);
+  std::memcpy(dst, src, sizeof(float) * head);
+  int64_t i = head;
+  for (; i + kVW <= n; i += kVW) stream_store(dst + i, load(src + i));
+  std::memcpy(dst + i, src + i, sizeof(float) * (n - i));
+  return true;
+}
+
+// load_tiles for BHWK maps: map = &map[b, y0, x0, 0], pixel stride K, row stride rstride.
+void load_tiles_bhwk(const float* map, ptrdiff_t rstride, int K, int nr, int64_t n,
+                     float* tiles) {
+  const int64_t nxb = (n + kVW - 1) / kVW;
+  constexpr ptrdiff_t ks = kR * kVW;
+  for (int q = 0; q < kR; ++q)
+    for (int64_t xb = 0; xb < nxb; ++xb) {
+      float* d = tiles + (xb * K * kR + q) * kVW;
+      const int m = q < nr ? static_cast<int>(std::min<int64_t>(kVW, n - xb * kVW)) : 0;
+      if (m < kVW)
+        for (int k = 0; k < K; ++k) std::memset(d + k * ks, 0, sizeof(float) * kVW);
+      if (m > 0) transpose_in(map + q * rstride + xb * kVW * K, K, K, m, d, ks);
+    }
+}
+
+// store_tiles for BHWK gradients: each block of kVW pixels is transposed in L1 and then copied
+// out as one contiguous run (m * K floats), streamed where aligned.
+void store_tiles_bhwk(const float* tiles, int K, int nr, int64_t n, float* map, ptrdiff_t rstride,
+                      float* buf) {
+  const int64_t nxb = (n + kVW - 1) / kVW;
+  constexpr ptrdiff_t ks = kR * kVW;
+  bool streamed = false;
+  for (int q = 0; q < nr; ++q)
+    for (int64_t xb = 0; xb < nxb; ++xb) {
+      const int m = static_cast<int>(std::min<int64_t>(kVW, n - xb * kVW));
+      transpose_out(tiles + (xb * K * kR + q) * kVW, ks, K, m, buf, K);
+      streamed |= stream_copy(map + q * rstride + xb * kVW * K, buf, int64_t{m} * K);
+    }
+  if (streamed) std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+// pstride: the maps' pixel stride, 1 in BKHW, K in BHWK (the layouts coincide when K == 1).
+void load_tiles(const float* map, ptrdiff_t kstride, ptrdiff_t rstride, ptrdiff_t pstride, int K,
+                int nr, int64_t n, float* tiles) {
+  if (pstride != 1) return load_tiles_bhwk(map, rstride, K, nr, n, tiles);
   const int64_t nxb = (n + kVW - 1) / kVW;
   for (int k = 0; k < K; ++k)
     for (int q = 0; q < kR; ++q) {
@@ -226,7 +354,8 @@ void load_tiles(const float* map, ptrdiff_t kstride, ptrdiff_t rstride, int K, i
 // here, so where a row is vector aligned the full blocks use non-temporal stores: they skip the
 // read-for-ownership of each destination line, which otherwise doubles the memory traffic.
 void store_tiles(const float* tiles, int K, int nr, int64_t n, float* map, ptrdiff_t kstride,
-                 ptrdiff_t rstride) {
+                 ptrdiff_t rstride, ptrdiff_t pstride, float* buf) {
+  if (pstride != 1) return store_tiles_bhwk(tiles, K, nr, n, map, rstride, buf);
   const int64_t nxb = (n + kVW - 1) / kVW;
   bool streamed = false;
   for (int k = 0; k < K; ++k)
@@ -329,8 +458,8 @@ void fwd_band(const Geom& g, const float* image, const float* ver, const float* 
               int64_t b, int64_t y0, int nr, Scratch& scratch) {
   const int K = static_cast<int>(g.K);
   const int64_t kp = g.plane();
-  const int64_t koff = b * g.K * kp + y0 * g.W;  // &V[b, 0, y0, 0]
-  const int nt = K + nr - 1;                      // image rows the band reads
+  const int64_t koff = g.map_offset(b, y0, 0);  // &V[b, 0, y0, 0]
+  const int nt = K + nr - 1;                     // image rows the band reads
   const int64_t tile = K * kR * kVW;
   const int64_t chunk_tiles = kChunk / kVW * tile;
   float* s = scratch.get(2 * chunk_tiles + kR * kCB * kVW + kCB * nt * (kVW + K - 1));
@@ -340,8 +469,9 @@ void fwd_band(const Geom& g, const float* image, const float* ver, const float* 
   float* tmp = res + kR * kCB * kVW;
   for (int64_t xc = 0; xc < g.W; xc += kChunk) {
     const int64_t nc = std::min<int64_t>(kChunk, g.W - xc);
-    load_tiles(hor + koff + xc, kp, g.W, K, nr, nc, hts);
-    load_tiles(ver + koff + xc, kp, g.W, K, nr, nc, vts);
+    const int64_t mo = koff + xc * g.pstride();
+    load_tiles(hor + mo, g.kstride(), g.rstride(), g.pstride(), K, nr, nc, hts);
+    load_tiles(ver + mo, g.kstride(), g.rstride(), g.pstride(), K, nr, nc, vts);
     for (int64_t x0 = xc; x0 < xc + nc; x0 += kVW) {
       const int n = static_cast<int>(std::min<int64_t>(kVW, g.W - x0));
       const float* ht = hts + (x0 - xc) / kVW * tile;
@@ -413,22 +543,23 @@ void dvh_band(const Geom& g, const float* image, const float* gout, const float*
               const float* hor, float* dver, float* dhor, int64_t b, int64_t y0, int nr,
               Scratch& scratch) {
   const int K = static_cast<int>(g.K);
-  const int64_t kp = g.plane();
-  const int64_t koff = b * g.K * kp + y0 * g.W;
+  const int64_t koff = g.map_offset(b, y0, 0);
   const int nt = K + nr - 1;
   const int64_t tile = K * kR * kVW;
   const int64_t chunk_tiles = kChunk / kVW * tile;
-  float* s = scratch.get(4 * chunk_tiles + kR * kCB * kVW + kCB * nt * (kVW + K - 1));
+  float* s = scratch.get(4 * chunk_tiles + kR * kCB * kVW + kCB * nt * (kVW + K - 1) + tile / kR);
   float* hts = s;
   float* vts = hts + chunk_tiles;
   float* dvts = vts + chunk_tiles;
   float* dhts = dvts + chunk_tiles;
   float* gt = dhts + chunk_tiles;
   float* tmp = gt + kR * kCB * kVW;
+  float* buf = tmp + kCB * nt * (kVW + K - 1);  // K * kVW floats for store_tiles
   for (int64_t xc = 0; xc < g.W; xc += kChunk) {
     const int64_t nc = std::min<int64_t>(kChunk, g.W - xc);
-    load_tiles(hor + koff + xc, kp, g.W, K, nr, nc, hts);
-    load_tiles(ver + koff + xc, kp, g.W, K, nr, nc, vts);
+    const int64_t mo = koff + xc * g.pstride();
+    load_tiles(hor + mo, g.kstride(), g.rstride(), g.pstride(), K, nr, nc, hts);
+    load_tiles(ver + mo, g.kstride(), g.rstride(), g.pstride(), K, nr, nc, vts);
     std::memset(dvts, 0, sizeof(float) * 2 * chunk_tiles);
     for (int64_t x0 = xc; x0 < xc + nc; x0 += kVW) {
       const int n = static_cast<int>(std::min<int64_t>(kVW, g.W - x0));
@@ -451,8 +582,8 @@ void dvh_band(const Geom& g, const float* image, const float* gout, const float*
         }
       }
     }
-    store_tiles(dvts, K, nr, nc, dver + koff + xc, kp, g.W);
-    store_tiles(dhts, K, nr, nc, dhor + koff + xc, kp, g.W);
+    store_tiles(dvts, K, nr, nc, dver + mo, g.kstride(), g.rstride(), g.pstride(), buf);
+    store_tiles(dhts, K, nr, nc, dhor + mo, g.kstride(), g.rstride(), g.pstride(), buf);
   }
 }
 
@@ -517,21 +648,36 @@ void dimg_band(const Geom& g, const float* gout, const float* ver, const float* 
   float* mt = base + round_up(kVW + (g.K + g.C + rows_cap) * stride, kVW);
   float* band = mt + g.C * g.K * kVW;
   std::memset(band, 0, sizeof(float) * g.C * rows * XW);
-  const float* vb = ver + b * g.K * g.plane();
-  const float* hb = hor + b * g.K * g.plane();
   auto pad_row = [&](float* dst, const float* src) {
     std::memset(dst, 0, sizeof(float) * P);
     std::memcpy(dst + P, src, sizeof(float) * g.W);
     std::memset(dst + P + g.W, 0, sizeof(float) * (L - P - g.W));
   };
+  // Padded rows of taps [k_lo, k_hi) of kernel map row y: plain copies in BKHW, a transpose of
+  // the (W, K) row block in BHWK.
+  auto pad_map_rows = [&](float* dst, const float* map, int64_t y, int64_t k_lo, int64_t k_hi) {
+    if (!g.bhwk) {
+      for (int64_t k = k_lo; k < k_hi; ++k)
+        pad_row(dst + (k - k_lo) * stride, map + g.map_offset(b, y, 0) + k * g.kstride());
+      return;
+    }
+    for (int64_t k = k_lo; k < k_hi; ++k) {
+      float* d = dst + (k - k_lo) * stride;
+      std::memset(d, 0, sizeof(float) * P);
+      std::memset(d + P + g.W, 0, sizeof(float) * (L - P - g.W));
+    }
+    const float* src = map + g.map_offset(b, y, 0) + k_lo;
+    for (int64_t x0 = 0; x0 < g.W; x0 += kVW)
+      transpose_in(src + x0 * g.K, g.K, static_cast<int>(k_hi - k_lo),
+                   static_cast<int>(std::min<int64_t>(kVW, g.W - x0)), dst + P + x0, stride);
+  };
   const int64_t y_lo = std::max<int64_t>(0, Y0 - P), y_hi = std::min<int64_t>(g.H, Y1);
   for (int64_t y = y_lo; y < y_hi; ++y) {
     const int64_t i_lo = std::max<int64_t>(0, Y0 - y), i_hi = std::min<int64_t>(g.K, Y1 - y);
-    for (int64_t j = 0; j < g.K; ++j) pad_row(hpad + j * stride, hb + j * g.plane() + y * g.W);
+    pad_map_rows(hpad, hor, y, 0, g.K);
     for (int64_t c = 0; c < g.C; ++c)
       pad_row(gpad + c * stride, gout + ((b * g.C + c) * g.H + y) * g.W);
-    for (int64_t i = i_lo; i < i_hi; ++i)
-      pad_row(vpad + (i - i_lo) * stride, vb + i * g.plane() + y * g.W);
+    pad_map_rows(vpad, ver, y, i_lo, i_hi);
     for (int64_t X0 = 0; X0 < XW; X0 += kVW) {
       for (int64_t c = 0; c < g.C; ++c)
         for (int j = 0; j < K; ++j)
@@ -558,7 +704,10 @@ void dimg_band(const Geom& g, const float* gout, const float* ver, const float* 
 // bounds).
 
 ffi::Error geom_from(const ffi::Buffer<ffi::F32>& image, const ffi::Buffer<ffi::F32>& ver,
-                     const ffi::Buffer<ffi::F32>& hor, Geom* g) {
+                     const ffi::Buffer<ffi::F32>& hor, int64_t layout, Geom* g) {
+  if (layout != 0 && layout != 1)
+    return ffi::Error::InvalidArgument("sepconv_cpu: kernel_layout must be 0 (BKHW) or 1 (BHWK)");
+  g->bhwk = layout == 1;
   auto di = image.dimensions(), dv = ver.dimensions(), dh = hor.dimensions();
   if (di.size() != 4 || dv.size() != 4 || dh.size() != 4)
     return ffi::Error::InvalidArgument("sepconv_cpu: all arguments must have rank 4");
@@ -566,20 +715,25 @@ ffi::Error geom_from(const ffi::Buffer<ffi::F32>& image, const ffi::Buffer<ffi::
     if (dv[d] != dh[d])
       return ffi::Error::InvalidArgument("sepconv_cpu: vertical and horizontal shapes differ");
   g->B = dv[0];
-  g->K = dv[1];
-  g->H = dv[2];
-  g->W = dv[3];
+  g->K = g->bhwk ? dv[3] : dv[1];
+  g->H = g->bhwk ? dv[1] : dv[2];
+  g->W = g->bhwk ? dv[2] : dv[3];
   g->C = di[1];
   if (g->K < 1 || g->H < 1 || g->W < 1 || g->C < 1 || di[0] != g->B ||
       di[2] != g->H + g->K - 1 || di[3] != g->W + g->K - 1)
     return ffi::Error::InvalidArgument(
-        "sepconv_cpu: expected image (B, C, H+K-1, W+K-1) and kernel maps (B, K, H, W)");
+        "sepconv_cpu: expected image (B, C, H+K-1, W+K-1) and kernel maps (B, K, H, W), or "
+        "(B, H, W, K) with kernel_layout 1");
   return ffi::Error::Success();
 }
 
 bool same_dims(const ffi::Buffer<ffi::F32>& a, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
   auto d = a.dimensions();
   return d.size() == 4 && d[0] == d0 && d[1] == d1 && d[2] == d2 && d[3] == d3;
+}
+
+bool same_map_dims(const ffi::Buffer<ffi::F32>& a, const Geom& g) {
+  return g.bhwk ? same_dims(a, g.B, g.H, g.W, g.K) : same_dims(a, g.B, g.K, g.H, g.W);
 }
 
 // XLA allocates every output afresh, and a large allocation comes straight from the OS: the first
@@ -609,9 +763,9 @@ int64_t dimg_band_rows(const Geom& g) { return std::max<int64_t>(16, g.K); }
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> image,
                        ffi::Buffer<ffi::F32> ver, ffi::Buffer<ffi::F32> hor,
-                       ffi::ResultBuffer<ffi::F32> out, int64_t threads) {
+                       ffi::ResultBuffer<ffi::F32> out, int64_t threads, int64_t layout) {
   Geom g;
-  if (auto e = geom_from(image, ver, hor, &g); e.failure()) return e;
+  if (auto e = geom_from(image, ver, hor, layout, &g); e.failure()) return e;
   if (!same_dims(*out, g.B, g.C, g.H, g.W))
     return ffi::Error::InvalidArgument("sepconv_cpu: output must be (B, C, H, W)");
   const float* img = image.typed_data();
@@ -630,9 +784,9 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> image,
 ffi::Error BackwardImageImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> image,
                              ffi::Buffer<ffi::F32> ver, ffi::Buffer<ffi::F32> hor,
                              ffi::Buffer<ffi::F32> gout, ffi::ResultBuffer<ffi::F32> dimage,
-                             int64_t threads) {
+                             int64_t threads, int64_t layout) {
   Geom g;
-  if (auto e = geom_from(image, ver, hor, &g); e.failure()) return e;
+  if (auto e = geom_from(image, ver, hor, layout, &g); e.failure()) return e;
   if (!same_dims(gout, g.B, g.C, g.H, g.W) ||
       !same_dims(*dimage, g.B, g.C, g.img_h(), g.img_w()))
     return ffi::Error::InvalidArgument("sepconv_cpu: bad cotangent or d_image shape");
@@ -653,11 +807,12 @@ ffi::Error BackwardImageImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> image,
 ffi::Error BackwardKernelsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> image,
                                ffi::Buffer<ffi::F32> ver, ffi::Buffer<ffi::F32> hor,
                                ffi::Buffer<ffi::F32> gout, ffi::ResultBuffer<ffi::F32> dver,
-                               ffi::ResultBuffer<ffi::F32> dhor, int64_t threads) {
+                               ffi::ResultBuffer<ffi::F32> dhor, int64_t threads,
+                               int64_t layout) {
   Geom g;
-  if (auto e = geom_from(image, ver, hor, &g); e.failure()) return e;
-  if (!same_dims(gout, g.B, g.C, g.H, g.W) || !same_dims(*dver, g.B, g.K, g.H, g.W) ||
-      !same_dims(*dhor, g.B, g.K, g.H, g.W))
+  if (auto e = geom_from(image, ver, hor, layout, &g); e.failure()) return e;
+  if (!same_dims(gout, g.B, g.C, g.H, g.W) || !same_map_dims(*dver, g) ||
+      !same_map_dims(*dhor, g))
     return ffi::Error::InvalidArgument("sepconv_cpu: bad cotangent or kernel-gradient shape");
   const float* img = image.typed_data();
   const float* v = ver.typed_data();
@@ -685,7 +840,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvCpuForward, ForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // vertical
                                   .Arg<ffi::Buffer<ffi::F32>>()  // horizontal
                                   .Ret<ffi::Buffer<ffi::F32>>()  // out
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("kernel_layout"));  // 0 BKHW, 1 BHWK
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvCpuBackwardImage, BackwardImageImpl,
                               ffi::Ffi::Bind()
@@ -695,7 +851,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvCpuBackwardImage, BackwardImageImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // horizontal
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cotangent
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_image
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("kernel_layout"));  // 0 BKHW, 1 BHWK
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvCpuBackwardKernels, BackwardKernelsImpl,
                               ffi::Ffi::Bind()
@@ -706,4 +863,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvCpuBackwardKernels, BackwardKernelsImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cotangent
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_vertical
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d_horizontal
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("kernel_layout"));  // 0 BKHW, 1 BHWK
