@@ -1,0 +1,433 @@
+"""The pipelines behind `interpolate.py`: a pair, a folder of frames or a video -> output files.
+
+Each pipeline takes an `Interpolator` and paths, returns a `Summary`, and writes its output under a
+temporary name next to the target that is renamed into place only when everything succeeded: an
+error or an interrupt leaves no partial output behind.
+
+Timing of the output (factor F, input frames 0..N-1 at times t[0..N-1]):
+  - every input frame is kept, unchanged;
+  - between frames i and i+1, F-1 new frames at t[i] + j/F * (t[i+1] - t[i]), j = 1..F-1;
+  - at a scene cut (`sepconv_jax.scene`: the pair's colour histograms differ by more than the
+    threshold) the new frames are copies of frame i instead: the old shot holds until the new one
+    starts at its original time, and nothing is morphed across the cut;
+  - pairs and folders: F*(N-1)+1 frames (the first and last input frames bound the output);
+  - videos: F*N frames, the last input frame followed by F-1 copies of itself spaced like the
+    frames before it, so that the output has exactly F times the input's frames, F times its
+    frame rate (the stream's average rate, an exact fraction) and the same duration (the last
+    frame is shown for as long as in the input), and audio copied as is stays in sync to the end.
+    Timestamps: the output's time base is one output frame, 1 / (F x the input's average rate),
+    and each output frame goes to the tick nearest its time above. For a constant-rate input
+    (even one whose container rounds times, like Matroska's milliseconds) that is exactly tick
+    F*i + j, so the output rate is exactly F times the input's; a variable-rate input keeps its
+    timing to within half an output frame, so the audio stays in sync.
+
+Errors the user can fix (missing, unreadable or mismatched inputs, unwritable outputs, a missing
+model) raise `MediaError` or `CheckpointError`; `run` turns them into one `error:` line on stderr
+and exit status 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import tqdm
+
+from sepconv_jax import media, scene, video
+from sepconv_jax.checkpoint import CheckpointError
+from sepconv_jax.interpolator import (DEFAULT_MAX_UNTILED_PIXELS, FACTORS, Interpolator,
+                                      TileSettings)
+from sepconv_jax.media import MediaError
+
+# Automatic batch size: consecutive pairs per network call while the batch stays within the
+# untiled pixel budget (one 1280x720 frame), at most this many.
+MAX_AUTO_BATCH = 8
+
+
+class Step(NamedTuple):
+  """One output frame. Its time is t[index] + fraction / factor * (t[index + 1] - t[index])."""
+  frame: np.ndarray
+  kind: str  # "input" (kept as is), "new" (interpolated) or "repeat" (a copy, at a scene cut)
+  index: int  # the input frame at or before this output frame
+  fraction: int  # 0 for input frames, 1..factor-1 between index and index + 1
+
+
+@dataclasses.dataclass
+class Summary:
+  """What a pipeline wrote, for the closing line."""
+  output: pathlib.Path
+  inputs: int = 0
+  interpolated: int = 0
+  repeated: int = 0  # copies at scene cuts
+  held: int = 0  # copies of a video's last frame (see the module docstring)
+  cuts: int = 0
+  seconds: float = 0.0
+  rate: fractions.Fraction | None = None  # output frame rate (videos)
+
+  @property
+  def written(self) -> int:
+    return self.inputs + self.interpolated + self.repeated + self.held
+
+  def count(self, step: Step) -> None:
+    if step.kind == "input":
+      self.inputs += 1
+    elif step.kind == "new":
+      self.interpolated += 1
+    else:
+      self.repeated += 1
+      self.cuts += step.fraction == 1
+
+  def __str__(self) -> str:
+    parts = [f"{self.inputs} input"] if self.inputs else []
+    parts.append(f"{self.interpolated} interpolated")
+    if self.repeated:
+      parts.append(f"{self.repeated} repeated at cuts")
+    if self.held:
+      parts.append(f"{self.held} holding the last frame")
+    line = (f"wrote {self.output}: {self.written} frame{'s' * (self.written != 1)} "
+            f"({', '.join(parts)}); "
+            f"{self.cuts} scene cut{'s' * (self.cuts != 1)}")
+    if self.rate is not None:
+      line += f"; {float(self.rate):.6g} fps ({self.rate})"
+    per_frame = self.seconds / self.interpolated if self.interpolated else 0.0
+    line += (f"; {self.seconds:.1f} s, {self.written / max(self.seconds, 1e-9):.2f} frames/s "
+             f"written, {per_frame:.3f} s per interpolated frame")
+    return line
+
+
+# ------------------------------------------------------------------------------------------------
+# The core: a stream of frames in, a stream of output frames with their places in time out.
+
+
+def auto_batch_size(interpolator: Interpolator, height: int, width: int) -> int:
+  """Pairs per network call: as many as fit the untiled pixel budget, 1 for tiled frames."""
+  budget = interpolator.max_untiled_pixels
+  budget = DEFAULT_MAX_UNTILED_PIXELS if budget is None else budget
+  return max(1, min(MAX_AUTO_BATCH, budget // (height * width)))
+
+
+def _in_betweens(interpolator: Interpolator, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                 factor: int, batch_size: int) -> list[list[np.ndarray]]:
+  """The factor-1 frames between each pair, batch_size pairs per network call."""
+  results: list[list[np.ndarray]] = []
+  for start in range(0, len(pairs), batch_size):
+    chunk = list(pairs[start:start + batch_size])
+    used = len(chunk)
+    # A constant batch shape: one compilation serves the whole stream, the last chunk included.
+    chunk += [chunk[-1]] * (batch_size - used)
+    first = np.stack([pair[0] for pair in chunk])
+    second = np.stack([pair[1] for pair in chunk])
+    frames = interpolator.multiply(first, second, factor)  # factor-1 arrays of (B, H, W, 3)
+    results += [[np.asarray(frame[b]) for frame in frames] for b in range(used)]
+  return results
+
+
+def interpolate_sequence(interpolator: Interpolator, frames: Iterable[np.ndarray], *,
+                         factor: int = 2, threshold: float = scene.DEFAULT_THRESHOLD,
+                         batch_size: int = 1) -> Iterator[Step]:
+  """Yields the output frames for a sequence of (H, W, 3) uint8 RGB frames, in time order.
+
+  Each input frame, then the factor-1 frames between it and the next (interpolated, or copies of
+  it at a scene cut); the last input frame last. Frames are consumed lazily: at most about
+  `batch_size` pairs are held at a time.
+  """
+  if factor not in FACTORS:
+    raise ValueError(f"factor={factor} must be one of {FACTORS}")
+  pending: list[tuple[int, np.ndarray, np.ndarray, bool]] = []  # (index, first, second, is_cut)
+
+  def flush() -> Iterator[Step]:
+    morphed = [(first, second) for _, first, second, cut in pending if not cut]
+    results = iter(_in_betweens(interpolator, morphed, factor, batch_size))
+    for index, first, _, cut in pending:
+      yield Step(first, "input", index, 0)
+      middles = [first] * (factor - 1) if cut else next(results)
+      for fraction, frame in enumerate(middles, start=1):
+        yield Step(frame, "repeat" if cut else "new", index, fraction)
+    pending.clear()
+
+  previous = previous_histogram = None
+  index = -1
+  for index, frame in enumerate(frames):
+    histogram = scene.joint_histogram(frame)
+    if previous is not None:
+      cut = scene.histogram_distance(previous_histogram, histogram) > threshold
+      pending.append((index - 1, previous, frame, cut))
+      morphs = sum(not item[3] for item in pending)
+      if morphs >= batch_size or len(pending) >= 4 * batch_size:
+        yield from flush()
+    previous, previous_histogram = frame, histogram
+  yield from flush()
+  if previous is not None:
+    yield Step(previous, "input", index, 0)
+
+
+def _progress(total: int | None, description: str, enabled: bool) -> tqdm.tqdm:
+  # disable=None: a bar only on a terminal; the summary line is printed either way.
+  return tqdm.tqdm(total=total, desc=description, unit="frame", file=sys.stderr, leave=False,
+                   dynamic_ncols=True, disable=None if enabled else True)
+
+
+def _counted(frames: Iterable, bar: tqdm.tqdm) -> Iterator:
+  for item in frames:
+    yield item
+    bar.update(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pipelines.
+
+
+def pair_output_paths(out: str | os.PathLike, factor: int) -> list[pathlib.Path]:
+  """OUT for factor 2; OUT's stem with _1 .. _{factor-1} (in time order) for larger factors."""
+  out = pathlib.Path(out)
+  if factor == 2:
+    return [out]
+  return [out.with_name(f"{out.stem}_{j}{out.suffix}") for j in range(1, factor)]
+
+
+def check_pair(first, second, out, *, factor: int, overwrite: bool = False) -> None:
+  """The cheap checks of `interpolate_pair`, before any model is loaded."""
+  for path in (first, second):
+    if not pathlib.Path(path).is_file():
+      raise MediaError(f"{os.fspath(path)}: file not found" if not pathlib.Path(path).exists()
+                       else f"{os.fspath(path)}: not a file")
+  for path in pair_output_paths(out, factor):
+    media.check_output_file(path, overwrite=overwrite)
+  media.check_image_suffix(out)
+
+
+def _same_size(frame: np.ndarray, reference: np.ndarray, name: str, reference_name: str) -> None:
+  if frame.shape != reference.shape:
+    (h0, w0), (h1, w1) = reference.shape[:2], frame.shape[:2]
+    raise MediaError(f"frames differ in size: {reference_name} is {w0}x{h0}, {name} is {w1}x{h1}")
+
+
+def interpolate_pair(interpolator: Interpolator, first, second, out, *, factor: int = 2,
+                     threshold: float = scene.DEFAULT_THRESHOLD,
+                     overwrite: bool = False) -> Summary:
+  """Writes the frame(s) between two images: OUT, or OUT_1 .. OUT_{factor-1} (see above)."""
+  start = time.perf_counter()
+  check_pair(first, second, out, factor=factor, overwrite=overwrite)
+  frame0, frame1 = media.read_image(first), media.read_image(second)
+  _same_size(frame1, frame0, os.fspath(second), os.fspath(first))
+  summary = Summary(pathlib.Path(out))
+  middles = []
+  for step in interpolate_sequence(interpolator, [frame0, frame1], factor=factor,
+                                   threshold=threshold):
+    if step.kind != "input":
+      summary.count(step)
+      middles.append(step.frame)
+  media.write_images(middles, pair_output_paths(out, factor))
+  if factor > 2:
+    summary.output = pathlib.Path(out).with_name(f"{pathlib.Path(out).stem}_{{1..{factor - 1}}}"
+                                                 f"{pathlib.Path(out).suffix}")
+  summary.seconds = time.perf_counter() - start
+  return summary
+
+
+def check_folder(source, out) -> list[pathlib.Path]:
+  """The cheap checks of `interpolate_folder`; returns the input frames in order."""
+  paths = media.list_images(source)
+  if len(paths) < 2:
+    raise MediaError(f"{os.fspath(source)}: found {len(paths)} image file(s) "
+                     f"({', '.join(media.IMAGE_SUFFIXES)}); need at least 2")
+  out = pathlib.Path(out)
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    raise MediaError(f"output {os.fspath(out)} must be a new or empty directory")
+  media.check_writable_dir(out.absolute().parent, what=os.fspath(out))
+  return paths
+
+
+def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int = 2,
+                       threshold: float = scene.DEFAULT_THRESHOLD, batch_size: int | None = None,
+                       progress: bool = True) -> Summary:
+  """Reads the images of `source` in natural order ("2" before "10") and writes the output
+  sequence into the new directory `out` as 000000.png, 000001.png, ... (the input's format)."""
+  start = time.perf_counter()
+  paths = check_folder(source, out)
+  out = pathlib.Path(out)
+  suffix = paths[0].suffix.lower()
+  total = factor * (len(paths) - 1) + 1
+  width = max(6, len(str(total - 1)))
+  first = media.read_image(paths[0])
+  if batch_size is None:
+    batch_size = auto_batch_size(interpolator, *first.shape[:2])
+
+  def frames() -> Iterator[np.ndarray]:
+    yield first
+    for path in paths[1:]:
+      frame = media.read_image(path)
+      _same_size(frame, first, path.name, paths[0].name)
+      yield frame
+
+  summary = Summary(out)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial",
+                                          dir=out.absolute().parent))
+  try:
+    with _progress(len(paths), f"{out.name}", progress) as bar:
+      for number, step in enumerate(interpolate_sequence(
+          interpolator, _counted(frames(), bar), factor=factor, threshold=threshold,
+          batch_size=batch_size)):
+        (staging / f"{number:0{width}d}{suffix}").write_bytes(
+            media.encode_image(step.frame, suffix))
+        summary.count(step)
+    media.default_permissions(staging, directory=True)
+    if out.exists():
+      out.rmdir()  # checked empty above
+    os.replace(staging, out)
+  except OSError as error:
+    raise MediaError(f"cannot write {os.fspath(out)}: {error.strerror or error}") from None
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  summary.seconds = time.perf_counter() - start
+  return summary
+
+
+def check_video(source, out, *, overwrite: bool = False) -> None:
+  """The cheap checks of `interpolate_video`: the input opens as a video, OUT can be written."""
+  media.check_output_file(out, overwrite=overwrite)
+  video.check_video_suffix(out)
+  video.VideoReader(source).close()
+
+
+def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 2,
+                      threshold: float = scene.DEFAULT_THRESHOLD, batch_size: int | None = None,
+                      overwrite: bool = False, progress: bool = True) -> Summary:
+  """Writes `source` at `factor` times its frame rate to `out`, audio copied (see above)."""
+  start = time.perf_counter()
+  check_video(source, out, overwrite=overwrite)
+  out = pathlib.Path(out)
+  summary = Summary(out)
+  with video.VideoReader(source) as reader, media.atomic_outputs([out]) as (temporary,):
+    info = reader.info
+    # Rates computed from odd timestamps can have huge terms; every common rate survives this.
+    summary.rate = info.average_rate.limit_denominator(1001) * factor
+    if batch_size is None:
+      batch_size = auto_batch_size(interpolator, info.height, info.width)
+    times: dict[int, int] = {}  # input index -> pts, for the frames still in flight
+    last_pts = None  # in output frames
+
+    def tick(index: int, offset: fractions.Fraction) -> int:
+      """The output pts of the time `offset` input intervals after input frame `index`."""
+      nonlocal last_pts
+      start = times[index]
+      input_pts = start + offset * (times[index + 1] - start) if offset else start
+      pts = round(input_pts * info.time_base * summary.rate)
+      if last_pts is not None and pts <= last_pts:
+        pts = last_pts + 1  # input frames closer than an output frame: keep them in order
+      last_pts = pts
+      return pts
+
+    with video.VideoWriter(temporary, info, rate=summary.rate, time_base=1 / summary.rate,
+                           audio_templates=reader.audio_streams) as writer:
+
+      def frames() -> Iterator[np.ndarray]:
+        for index, (rgb, pts) in enumerate(reader.frames(audio_sink=writer.mux_audio)):
+          times[index] = pts
+          yield rgb
+
+      last = None
+      with _progress(info.frame_count, out.name, progress) as bar:
+        for step in interpolate_sequence(interpolator, _counted(frames(), bar), factor=factor,
+                                         threshold=threshold, batch_size=batch_size):
+          writer.write(step.frame, tick(step.index, fractions.Fraction(step.fraction, factor)))
+          summary.count(step)
+          if step.fraction == 0:
+            for old in [key for key in times if key < step.index - 1]:
+              del times[old]
+          last = step
+      if summary.inputs < 2:
+        raise MediaError(f"{os.fspath(source)}: has {summary.inputs} decodable frame(s); "
+                         "need at least 2")
+      # Hold the last frame for one input frame interval, in factor steps (see the docstring).
+      times[last.index + 1] = 2 * times[last.index] - times[last.index - 1]
+      for fraction in range(1, factor):
+        writer.write(last.frame, tick(last.index, fractions.Fraction(fraction, factor)))
+        summary.held += 1
+  summary.seconds = time.perf_counter() - start
+  return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line (argument parsing lives in interpolate.py).
+
+
+def load_interpolator(model: str | os.PathLike | None, *, padding: str,
+                      max_untiled_pixels: int | None = None,
+                      tile_size: int | None = None) -> Interpolator:
+  """The checkpoint at `model`, or the project's default model when `model` is None."""
+  kwargs = {}
+  if max_untiled_pixels is not None:
+    kwargs["max_untiled_pixels"] = max_untiled_pixels
+  if tile_size is not None:
+    overlap = min(TileSettings.overlap, tile_size // 4)
+    kwargs["tiles"] = TileSettings(size=tile_size, overlap=overlap)
+  if model is None:
+    try:
+      return Interpolator.default(padding=padding, **kwargs)
+    except FileNotFoundError:
+      raise CheckpointError("no default model is installed yet; pass --model CHECKPOINT (a "
+                            "directory written by sepconv_jax.save_model or "
+                            "python -m sepconv_jax.convert)") from None
+  if not pathlib.Path(model).is_dir():
+    raise CheckpointError(f"--model {os.fspath(model)}: no checkpoint directory there")
+  try:
+    return Interpolator.from_checkpoint(model, padding=padding, **kwargs)
+  except (KeyError, TypeError, ValueError) as error:  # metadata of an unknown shape
+    raise CheckpointError(f"--model {os.fspath(model)}: not a usable checkpoint "
+                          f"({type(error).__name__}: {error})") from None
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+  return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
+
+
+def run(args) -> int:
+  """Runs the pipeline chosen by the parsed arguments of interpolate.py; returns the exit status.
+
+  Problems with the user's files, paths or model print one `error:` line on stderr (exit 1); an
+  interrupt exits with 130. Either way no partial output is left behind.
+  """
+  common = dict(factor=args.factor, threshold=args.scene_threshold)
+  try:
+    # The cheap checks first, so that a typo fails before the model loads.
+    if args.pair:
+      check_pair(*args.pair, args.out, factor=args.factor, overwrite=args.overwrite)
+    elif args.frames:
+      check_folder(args.frames, args.out)
+    else:
+      check_video(args.video, args.out, overwrite=args.overwrite)
+    interpolator = load_interpolator(args.model, padding=args.padding,
+                                     max_untiled_pixels=args.max_untiled_pixels,
+                                     tile_size=args.tile_size)
+    if args.pair:
+      summary = interpolate_pair(interpolator, *args.pair, args.out, overwrite=args.overwrite,
+                                 **common)
+    elif args.frames:
+      summary = interpolate_folder(interpolator, args.frames, args.out,
+                                   batch_size=args.batch_size, **common)
+    else:
+      summary = interpolate_video(interpolator, args.video, args.out, batch_size=args.batch_size,
+                                  overwrite=args.overwrite, **common)
+  except (MediaError, CheckpointError) as error:
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("error: interrupted", file=sys.stderr)
+    return 130
+  except Exception as error:
+    if not _is_out_of_memory(error):
+      raise  # a bug: keep the traceback
+    print("error: out of memory; lower --max-untiled-pixels (frames above it are tiled) or "
+          "--tile-size", file=sys.stderr)
+    return 1
+  print(summary)
+  return 0
