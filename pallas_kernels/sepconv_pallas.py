@@ -119,46 +119,30 @@ def _backward_image_kernel(grad_ref, vertical_ref, horizontal_ref, d_image_ref, 
     d_image_ref[b, c, pl.ds(y0, tile_h), pl.ds(x0, tile_w)] = d_image.astype(d_image_ref.dtype)
 
 
-def _backward_vertical_kernel(image_ref, horizontal_ref, grad_ref, d_vertical_ref, *, k: int,
-                              channels: int, tile_h: int, tile_w: int):
-  # d_vertical[i] = sum_c g[c] * sum_j image[c, y+i, x+j] * H[j]
+def _backward_kernel_map_kernel(image_ref, other_map_ref, grad_ref, d_map_ref, *, k: int,
+                                channels: int, tile_h: int, tile_w: int, vertical: bool):
+  """d vertical (vertical=True) or d horizontal: the two are mirror images of each other.
+
+    d_vertical[i]   = sum_c g[c] * sum_j image[c, y+i, x+j] * H[j]   (other map: horizontal)
+    d_horizontal[j] = sum_c g[c] * sum_i image[c, y+i, x+j] * V[i]   (other map: vertical)
+  """
   b, y0, x0 = _tile_origin(tile_h, tile_w)
   rows, cols = pl.ds(y0, tile_h), pl.ds(x0, tile_w)
   zeros = jnp.zeros((tile_h, tile_w), _F32)
 
   @pl.loop(0, k)
-  def _(i):
+  def _(tap):  # the output map's tap
     def over_channels(c, acc):
-      def over_horizontal_taps(j, row_sum):
-        pixels = image_ref[b, c, pl.ds(y0 + i, tile_h), pl.ds(x0 + j, tile_w)].astype(_F32)
-        return row_sum + pixels * horizontal_ref[b, j, rows, cols].astype(_F32)
+      def over_other_taps(other, total):
+        dy, dx = (tap, other) if vertical else (other, tap)
+        pixels = image_ref[b, c, pl.ds(y0 + dy, tile_h), pl.ds(x0 + dx, tile_w)].astype(_F32)
+        return total + pixels * other_map_ref[b, other, rows, cols].astype(_F32)
 
-      row_sum = jax.lax.fori_loop(0, k, over_horizontal_taps, zeros)
-      return acc + grad_ref[b, c, rows, cols].astype(_F32) * row_sum
+      total = jax.lax.fori_loop(0, k, over_other_taps, zeros)
+      return acc + grad_ref[b, c, rows, cols].astype(_F32) * total
 
-    d_vertical = jax.lax.fori_loop(0, channels, over_channels, zeros)
-    d_vertical_ref[b, i, rows, cols] = d_vertical.astype(d_vertical_ref.dtype)
-
-
-def _backward_horizontal_kernel(image_ref, vertical_ref, grad_ref, d_horizontal_ref, *, k: int,
-                                channels: int, tile_h: int, tile_w: int):
-  # d_horizontal[j] = sum_c g[c] * sum_i image[c, y+i, x+j] * V[i]
-  b, y0, x0 = _tile_origin(tile_h, tile_w)
-  rows, cols = pl.ds(y0, tile_h), pl.ds(x0, tile_w)
-  zeros = jnp.zeros((tile_h, tile_w), _F32)
-
-  @pl.loop(0, k)
-  def _(j):
-    def over_channels(c, acc):
-      def over_vertical_taps(i, column_sum):
-        pixels = image_ref[b, c, pl.ds(y0 + i, tile_h), pl.ds(x0 + j, tile_w)].astype(_F32)
-        return column_sum + pixels * vertical_ref[b, i, rows, cols].astype(_F32)
-
-      column_sum = jax.lax.fori_loop(0, k, over_vertical_taps, zeros)
-      return acc + grad_ref[b, c, rows, cols].astype(_F32) * column_sum
-
-    d_horizontal = jax.lax.fori_loop(0, channels, over_channels, zeros)
-    d_horizontal_ref[b, j, rows, cols] = d_horizontal.astype(d_horizontal_ref.dtype)
+    d_map = jax.lax.fori_loop(0, channels, over_channels, zeros)
+    d_map_ref[b, tap, rows, cols] = d_map.astype(d_map_ref.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,10 +197,12 @@ def _backward(image, vertical, horizontal, grad, *, block_sizes: BlockSizes, int
   image_p, vertical_p, horizontal_p = _padded_operands(image, vertical, horizontal, kernel_blocks)
   grad_p = _pad_bottom_right(grad, *vertical_p.shape[2:])
   common = dict(k=k, channels=channels, block_sizes=kernel_blocks, interpret=interpret)
-  d_vertical = _launch(_backward_vertical_kernel, "sepconv_backward_vertical",
+  d_vertical = _launch(functools.partial(_backward_kernel_map_kernel, vertical=True),
+                       "sepconv_backward_vertical",
                        (image_p, horizontal_p, grad_p),
                        jax.ShapeDtypeStruct(vertical_p.shape, vertical.dtype), **common)
-  d_horizontal = _launch(_backward_horizontal_kernel, "sepconv_backward_horizontal",
+  d_horizontal = _launch(functools.partial(_backward_kernel_map_kernel, vertical=False),
+                         "sepconv_backward_horizontal",
                          (image_p, vertical_p, grad_p),
                          jax.ShapeDtypeStruct(horizontal_p.shape, horizontal.dtype), **common)
 
