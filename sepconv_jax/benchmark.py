@@ -1,0 +1,193 @@
+"""Quality on the standard frame-interpolation sets, from the command line.
+
+  python -m sepconv_jax.benchmark --dataset middlebury --root middlebury/ --model ckpt/
+  python -m sepconv_jax.benchmark --dataset ucf101 --root ../shared/data/ucf101_interp \\
+      --baseline average --json average.json
+  python -m sepconv_jax.benchmark --dataset video --root clip.mp4 --padding paper
+
+Prints one row per item (PSNR, SSIM, seconds) and the means; `--json FILE` writes
+{"dataset", "model", "psnr", "ssim", "per_item": {...}, ...}. The metrics, layouts and timing are
+defined in `sepconv_jax.evaluation`. Only parses arguments and prints: the work is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import Sequence
+
+from sepconv_jax import evaluation, media
+from sepconv_jax.checkpoint import CheckpointError
+
+EPILOG = """\
+datasets (--root):
+  middlebury  <root>/<Seq>/frame10.png, frame11.png, frame10i11.png, or the official
+              <root>/other-data/<Seq>/ + <root>/other-gt-interp/<Seq>/
+  ucf101      <root>/<id>/frame_00.png, frame_01_gt.png, frame_02.png (or a root holding
+              ucf101_interp_ours/); motion masks from motion_masks_ucf101_interp/ next to it
+  video       a video file, a folder of videos or a folder of frames: triplets (n-1, n, n+1)
+              every --every frames, n = 1, 1 + every, ...; predict frame n
+
+metrics: PSNR over RGB uint8 frames (rounded), data range 255; SSIM as scikit-image computes it
+  (7x7 uniform window), which the published SepConv numbers use; --gaussian-ssim adds the
+  11x11-Gaussian ("MATLAB") SSIM, labelled SSIM-G. Seconds per frame exclude jit compilation.
+"""
+
+
+class _UsageError(Exception):
+  pass
+
+
+class _Parser(argparse.ArgumentParser):
+  """Usage errors as one `error:` line (no usage dump), like every other error of this tool."""
+
+  def error(self, message: str):
+    raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="python -m sepconv_jax.benchmark",
+                   description="Frame-interpolation quality (PSNR, SSIM) of a model or a baseline "
+                               "on a standard set.",
+                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--dataset", required=True, choices=evaluation.DATASETS)
+  parser.add_argument("--root", required=True, metavar="PATH", help="where the dataset lies")
+  source = parser.add_mutually_exclusive_group()
+  source.add_argument("--model", metavar="CHECKPOINT",
+                      help="checkpoint directory (default: the project's default model)")
+  source.add_argument("--baseline", choices=evaluation.BASELINE_NAMES,
+                      help="score frame averaging or frame repetition instead of a model")
+  parser.add_argument("--padding", choices=("improved", "paper"), default="improved",
+                      help="padding policy around the network (default: improved)")
+  parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+  parser.add_argument("--gaussian-ssim", action="store_true",
+                      help="also compute the 11x11-Gaussian ('MATLAB') SSIM")
+  parser.add_argument("--masks", metavar="DIR|auto|none", default="auto",
+                      help="ucf101: motion-mask folder for the motion-region PSNR (default: auto, "
+                           "motion_masks_ucf101_interp/ next to the triplets)")
+  parser.add_argument("--every", type=int, default=evaluation.VIDEO_EVERY, metavar="N",
+                      help=f"video: one triplet every N frames (default: {evaluation.VIDEO_EVERY})")
+  parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N items only")
+  parser.add_argument("--summary-only", action="store_true", help="print the means only")
+  return parser
+
+
+def _format(value: float | None, digits: int) -> str:
+  return "-" if value is None else f"{value:.{digits}f}"
+
+
+class _Table:
+  """Prints rows as items are scored, then the mean."""
+
+  def __init__(self, *, gaussian: bool, masked: bool, width: int, quiet: bool):
+    self.gaussian, self.masked, self.quiet = gaussian, masked, quiet
+    self.width = max(width, len("mean"))
+    columns = ["PSNR", "SSIM"] + (["SSIM-G"] if gaussian else []) + (
+        ["PSNR-mask"] if masked else []) + ["seconds"]
+    self.header = f"{'item':<{self.width}}  " + "  ".join(f"{c:>9}" for c in columns)
+
+  def row(self, name: str, psnr, ssim, ssim_g, psnr_mask, seconds) -> str:
+    cells = [_format(psnr, 2), _format(ssim, 4)]
+    if self.gaussian:
+      cells.append(_format(ssim_g, 4))
+    if self.masked:
+      cells.append(_format(psnr_mask, 2))
+    cells.append(_format(seconds, 3))
+    return f"{name:<{self.width}}  " + "  ".join(f"{c:>9}" for c in cells)
+
+  def start(self) -> None:
+    if not self.quiet:
+      print(self.header, flush=True)
+
+  def item(self, result: evaluation.ItemResult) -> None:
+    if not self.quiet:
+      print(self.row(result.name, result.psnr, result.ssim, result.ssim_gaussian,
+                     result.psnr_masked, result.seconds), flush=True)
+
+  def mean(self, report: evaluation.Report) -> None:
+    if self.quiet:
+      print(self.header)
+    else:
+      print("-" * len(self.header))
+    print(self.row("mean", report.psnr, report.ssim, report.ssim_gaussian, report.psnr_masked,
+                   report.seconds_per_frame))
+
+
+def _predictor(args):
+  """(predict, model name) for the parsed arguments; loads the model (imports jax) if needed."""
+  if args.baseline:
+    return evaluation.BASELINES[args.baseline], f"baseline:{args.baseline}"
+  from sepconv_jax import cli  # imports jax: only once inputs are known to be good  # pylint: disable=import-outside-toplevel
+  interpolator = cli.load_interpolator(args.model, padding=args.padding)
+  return interpolator, os.fspath(args.model) if args.model else "default"
+
+
+def _check_json_path(path: str) -> pathlib.Path:
+  path = pathlib.Path(path)
+  if path.is_dir():
+    raise media.MediaError(f"--json {os.fspath(path)} is a directory; give a file name")
+  media.check_writable_dir(path.parent, what=os.fspath(path))
+  return path
+
+
+def run(args) -> int:
+  masks = {"auto": "auto", "none": None}.get(args.masks, args.masks)
+  # The cheap checks first: a wrong root or output path fails before the model loads.
+  triplets = evaluation.read_dataset(args.dataset, args.root, masks=masks, every=args.every)
+  json_path = _check_json_path(args.json) if args.json else None
+  predict, model_name = _predictor(args)
+  gaussian = args.gaussian_ssim
+  masked = args.dataset == "ucf101" and evaluation.ucf101_folders(args.root, masks)[1] is not None
+  # UCF101 ids are short; Middlebury names up to 11 characters; videos "<stem>/<index>".
+  table = _Table(gaussian=gaussian, masked=masked, width=24, quiet=args.summary_only)
+  print(f"{args.dataset} ({os.fspath(args.root)}), model {model_name}"
+        + ("" if args.baseline else f", padding {args.padding}"))
+  print(f"PSNR: RGB uint8, data range 255. {evaluation.SSIM_LABEL}."
+        + (f" {evaluation.SSIM_GAUSSIAN_LABEL}." if gaussian else "")
+        + (" PSNR-mask: inside the motion masks (their black pixels)." if masked else ""))
+  table.start()
+  info = {"root": os.fspath(args.root)}
+  if not args.baseline:
+    info["padding"] = args.padding
+  report = evaluation.evaluate(triplets, predict, dataset=args.dataset, model=model_name,
+                               gaussian_ssim=gaussian, limit=args.limit, on_item=table.item,
+                               info=info)
+  table.mean(report)
+  print(f"{len(report.items)} items; seconds per frame {report.seconds_per_frame:.4f} "
+        "(mean of timed predictions, compilation excluded)"
+        + (f"; PSNR-mask over {report.masked_count} items with a non-empty mask"
+           if report.masked_count else ""))
+  if json_path is not None:
+    with media.atomic_outputs([json_path]) as (temp,):
+      temp.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    print(f"wrote {os.fspath(json_path)}")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the benchmark; every user error is one `error:` line on stderr and a non-zero status."""
+  try:
+    args = build_parser().parse_args(argv)
+    if args.every < 3:
+      raise _UsageError(f"--every {args.every} must be at least 3")
+    if args.limit is not None and args.limit < 1:
+      raise _UsageError(f"--limit {args.limit} must be at least 1")
+  except _UsageError as error:
+    print(f"error: {error} (see --help)", file=sys.stderr)
+    return 2
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    return run(args)
+  except (evaluation.EvaluationError, media.MediaError, CheckpointError) as error:
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("error: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

