@@ -1,0 +1,147 @@
+"""Training configurations as code: `get_config(name)` returns a frozen `TrainConfig`.
+
+  default         the paper's recipe: batch 16 of 128x128 crops, AdaMax at lr 1e-3 (the value the
+                  original authors' and the replication's code use; the paper's text says 0.01),
+                  L1 loss, plain Flax initialisation of the published architecture.
+  frame_average   `default` with the network started at frame averaging and lr 2e-4, which on this
+                  project's CPU runs trained far better in the first hundreds of steps than the
+                  plain start (../shared/notes/REFERENCE.md, section 6).
+  tiny            a few-thousand-parameter network (K = 5), batch 4 of 32x32 crops, short epochs:
+                  for tests and laptops.
+
+Launch (a full run; the README has the whole recipe):
+
+  python -m data.prepare --source ../shared/data/davis_480p --source ../shared/data/videos \\
+      --out ../scratch/davis_tfds
+  python train.py --config default --data ../scratch/davis_tfds --workdir runs/l1 --loss l1
+  python train.py --config default --data ../scratch/davis_tfds --workdir runs/l1 --resume
+  python train.py --config default --data ../scratch/davis_tfds --workdir runs/lf \\
+      --init-from runs/l1/checkpoints/<best step> --loss l1+vgg --nu 1e-5 --vgg-weights vgg19.pth
+
+Flags of `train.py` override single fields (`with_overrides`), so a config here is the whole
+record of a run: it is written to `<workdir>/config.json` and compared on `--resume`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from sepconv_jax.losses import LOSSES
+from sepconv_jax.model import SepConvConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything that defines a training run.
+
+  Attributes:
+    model: The network (`SepConvConfig`).
+    loss: One of `sepconv_jax.losses.LOSSES`; `nu` weights the VGG term of "l1+vgg" and
+      `vgg_weights` is the local VGG-19 weights file the "vgg" losses need.
+    learning_rate, b1, b2, eps: AdaMax (`optax.adamax`), constant learning rate as in the paper.
+    batch_size: Global batch (all devices and hosts together); a multiple of the device count.
+    crop_size: Side of the square random training crops (and of the centre validation crops).
+    epochs, steps: Length of the run. `steps` wins when set; otherwise `epochs` epochs of
+      `steps_per_epoch` steps (by default the training split's size // batch_size).
+    seed: Fixes the initialisation, the data order and augmentation, and the state's RNG.
+    data_dir: The prepared `sepconv_triplets` cache (`python -m data.prepare`).
+    checkpoint_every: Save every this many steps (besides each epoch end and the last step).
+    keep_checkpoints: How many of the latest checkpoints to keep; the best by validation PSNR is
+      kept as well.
+    log_every: Steps between progress/TensorBoard updates and non-finite checks.
+    validation_batch_size, validation_batches: Validation on centre `crop_size` crops of the
+      validation split, at most `validation_batches` batches (None: the whole split).
+    num_samples: Full frames interpolated at each validation and written as images.
+    shuffle_buffer, data_threads: tf.data settings (`data.pipeline.train_dataset`).
+  """
+  model: SepConvConfig = SepConvConfig()
+  loss: str = "l1"
+  nu: float = 1e-5
+  vgg_weights: str | None = None
+  learning_rate: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  batch_size: int = 16
+  crop_size: int = 128
+  epochs: int = 50
+  steps: int | None = None
+  steps_per_epoch: int | None = None
+  seed: int = 0
+  data_dir: str | None = None
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  log_every: int = 10
+  validation_batch_size: int = 16
+  validation_batches: int | None = None
+  num_samples: int = 3
+  shuffle_buffer: int = 1024
+  data_threads: int = 2
+
+  def __post_init__(self):
+    if isinstance(self.model, dict):
+      object.__setattr__(self, "model", SepConvConfig.from_dict(self.model))
+    if self.loss not in LOSSES:
+      raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+    positive = ("batch_size", "crop_size", "epochs", "checkpoint_every", "keep_checkpoints",
+                "log_every", "validation_batch_size", "data_threads")
+    for name in positive:
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    for name in ("steps", "steps_per_epoch", "validation_batches"):
+      value = getattr(self, name)
+      if value is not None and value < 1:
+        raise ValueError(f"{name} must be positive, got {value}")
+    if self.learning_rate <= 0:
+      raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+    if self.crop_size % 32:
+      raise ValueError(f"crop_size must be a multiple of 32 (the network's five poolings), got "
+                       f"{self.crop_size}")
+    if self.num_samples < 0 or self.nu < 0:
+      raise ValueError("num_samples and nu must not be negative")
+
+  def with_overrides(self, **overrides: Any) -> TrainConfig:
+    """A copy with the given fields replaced (None values are ignored: flags not given)."""
+    return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+  def to_dict(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self), "model": self.model.to_dict()}
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+      raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+    return cls(**values)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _default() -> TrainConfig:
+  return TrainConfig()
+
+
+def _frame_average() -> TrainConfig:
+  return TrainConfig(model=SepConvConfig(frame_average_init=True), learning_rate=2e-4)
+
+
+def _tiny() -> TrainConfig:
+  return TrainConfig(model=SepConvConfig.tiny(frame_average_init=True), learning_rate=2e-3,
+                     batch_size=4, crop_size=32, epochs=2, steps_per_epoch=10,
+                     checkpoint_every=5, keep_checkpoints=2, log_every=1,
+                     validation_batch_size=4, validation_batches=2, num_samples=1,
+                     shuffle_buffer=16, data_threads=1)
+
+
+CONFIGS = {"default": _default, "frame_average": _frame_average, "tiny": _tiny}
+
+
+def get_config(name: str = "default") -> TrainConfig:
+  """The named configuration (one of `CONFIGS`)."""
+  if name not in CONFIGS:
+    raise ValueError(f"unknown config {name!r}; choose one of {', '.join(CONFIGS)}")
+  return CONFIGS[name]()

@@ -1,0 +1,634 @@
+"""Training SepConv: a pure, jitted `train_step`, Orbax checkpoints, validation and the loop.
+
+Pure parts (no I/O): `TrainState`, `create_train_state`, `train_step`, `eval_step` and their
+data-parallel wrappers `make_train_step` / `make_eval_step`. The one function with I/O is `train`
+(data, checkpoints, TensorBoard, images, progress bar).
+
+State. `TrainState` is a plain pytree: `params` (the network's `nnx.State`, from splitting the
+model once; `nnx.merge(graphdef, params)` rebuilds it inside the loss), the optax AdaMax state,
+the step and a raw PRNG key (split every step; the model and losses are deterministic today, the
+key is there so that stochastic additions stay resumable). The graphdef is static: it lives in the
+closures of the step functions, never in the state.
+
+Data parallelism. Steps run under `jax.shard_map` over a 1-D mesh of every device of every host
+(axis "data"): the batch is split across devices, parameters and optimizer state are replicated,
+and each device's gradients and loss are averaged with `lax.pmean` before the (identical) update.
+shard_map rather than automatic SPMD partitioning because the op's CPU kernel is an FFI custom
+call without a partitioning rule: under `jit` sharding XLA would all-gather the batch and run the
+op whole on every device. Every loss is a mean over equally sized per-device shards, so the mean
+of the per-device losses is the global loss. Several hosts: `jax.distributed.initialize()` first
+(`train.py --distributed`); each host reads its own share of the data
+(`process_index`/`process_count`) and contributes `batch_size / process_count` examples per step
+through `jax.make_array_from_process_local_data`.
+
+Checkpoints. `<workdir>/checkpoints/<step>/` is written by one `ocp.CheckpointManager`, with items
+  model      the parameters: the same item as `sepconv_jax.save_model`, so
+             `sepconv_jax.load_model(<workdir>/checkpoints/<step>)` (and the Interpolator) loads
+             any step directory;
+  metadata   JSON: config, channel order ("RGB"), and in `info` the step, loss, the whole
+             `TrainConfig` and the validation scores;
+  optimizer  the AdaMax state;
+  train      step, PRNG key and the number of training batches consumed (the data position).
+Saves happen every `checkpoint_every` steps, at each epoch end (with the validation scores as
+the checkpoint's metrics) and at the last step; the latest `keep_checkpoints` are kept and, in
+addition, the best by validation PSNR. Saves are synchronous and Orbax writes each into a
+temporary directory renamed into place when complete (and removes leftover temporary
+directories when the manager opens), so a run killed at any moment leaves only complete
+checkpoints under step names.
+
+Resume. `train(..., resume=True)` restores the latest checkpoint (parameters, optimizer state,
+step, key) bit-exactly and skips the training batches already consumed: the input pipeline
+(`data.pipeline.train_dataset`) is a pure function of its seed and position, so the resumed run
+sees exactly the batches the uninterrupted run would have seen and, on CPU, ends with the same
+parameters bit for bit. Skipping re-runs the cheap per-example augmentation of the skipped
+batches; checkpointing the tf.data iterator instead would store the 1024-example shuffle buffer
+(about 200 MB of raw patches) in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import math
+import os
+import pathlib
+import resource
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from sepconv_jax import checkpoint as checkpoint_lib
+from sepconv_jax import losses, metrics as metrics_lib
+from sepconv_jax.configs import TrainConfig
+from sepconv_jax.model import SepConvNet
+from sepconv_jax.padding import run_padded
+
+DATA_AXIS = "data"
+CHECKPOINT_DIR = "checkpoints"
+OPTIMIZER_ITEM = "optimizer"
+TRAIN_ITEM = "train"
+ITEM_NAMES = (checkpoint_lib.MODEL_ITEM, checkpoint_lib.METADATA_ITEM, OPTIMIZER_ITEM, TRAIN_ITEM)
+BEST_METRIC = "psnr"
+CHANNEL_ORDER = "RGB"  # data.pipeline delivers RGB
+SAMPLE_PADDING = "improved"
+
+# Fields that may change between a run and its --resume without changing what is computed.
+RESUMABLE_CHANGES = frozenset({"epochs", "steps", "checkpoint_every", "keep_checkpoints",
+                               "log_every", "num_samples", "data_threads", "validation_batches",
+                               "data_dir"})
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(Exception):
+  """A problem with the run's inputs or work directory (reported as one line by train.py)."""
+
+
+class NonFiniteLossError(TrainingError):
+  """The loss or gradient norm became NaN or infinite; nothing after the last good step is saved."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken == training batches consumed
+  params: nnx.State
+  opt_state: optax.OptState
+  rng: jax.Array  # raw uint32[2] PRNG key
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  return optax.adamax(config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps)
+
+
+# The initialisation is a one-off program of random draws: XLA's optimisation passes cost far more
+# than they save there (about 19 s vs 3 s to compile the tiny network on 2 busy cores).
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@functools.lru_cache(maxsize=8)
+def _initializer(model_config) -> Callable[[int], nnx.State]:
+  def init(seed):
+    # One filter: fails loudly if the network ever grows non-parameter state (e.g. batch stats).
+    return nnx.split(SepConvNet(model_config, rngs=nnx.Rngs(jax.random.key(seed))), nnx.Param)[1]
+  # In one compiled program (eagerly, every initializer call compiles on its own), cached per
+  # network so that several runs in one process compile it once.
+  return jax.jit(init, compiler_options=_FAST_COMPILE)
+
+
+def create_train_state(config: TrainConfig, *, params: nnx.State | None = None
+                       ) -> tuple[nnx.GraphDef, TrainState]:
+  """(graphdef, initial state) of `config`; `params` replaces the fresh initialisation."""
+  graphdef, abstract = nnx.split(
+      nnx.eval_shape(lambda: SepConvNet(config.model, rngs=nnx.Rngs(0))), nnx.Param)
+  if params is None:
+    params = _initializer(config.model)(config.seed)
+  elif jax.tree.structure(params) != jax.tree.structure(abstract):
+    raise TrainingError("the initial parameters do not fit the configured network")
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=make_optimizer(config).init(params),
+                     rng=jax.random.PRNGKey(config.seed))
+  return graphdef, state
+
+
+def predict(graphdef: nnx.GraphDef, params: nnx.State, batch: Mapping[str, jax.Array]
+            ) -> jax.Array:
+  return nnx.merge(graphdef, params)(batch["x0"], batch["x1"])
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef,
+               loss_fn: losses.Loss, optimizer: optax.GradientTransformation,
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdaMax step on `batch`; pure. With `axis_name`, averages over that mapped axis."""
+  rng, _ = jax.random.split(state.rng)
+
+  def compute_loss(params):
+    return loss_fn(batch, predict(graphdef, params, batch))
+
+  # Gradients flow through the op's custom VJP (C++ kernel on CPU, Pallas on GPU).
+  loss, grads = jax.value_and_grad(compute_loss)(state.params)
+  if axis_name is not None:
+    loss, grads = jax.lax.pmean((loss, grads), axis_name)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def eval_step(params: nnx.State, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef,
+              axis_name: str | None = None) -> dict[str, jax.Array]:
+  """Sums of per-image PSNR and Gaussian SSIM over the examples where batch["mask"] is 1."""
+  prediction = predict(graphdef, params, batch)
+  mask = batch["mask"]
+  sums = {"psnr": jnp.sum(metrics_lib.psnr(prediction, batch["y"]) * mask),
+          "ssim": jnp.sum(metrics_lib.ssim_gaussian(prediction, batch["y"]) * mask),
+          "count": jnp.sum(mask)}
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  return sums
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over `devices` (default: every device of every host)."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return jax.sharding.Mesh(devices, (DATA_AXIS,))
+
+
+def make_train_step(graphdef: nnx.GraphDef, loss_fn: losses.Loss,
+                    optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+  """`train_step` jitted over `mesh`: batch split on its first axis, state replicated, donated."""
+  step = functools.partial(train_step, graphdef=graphdef, loss_fn=loss_fn, optimizer=optimizer,
+                           axis_name=DATA_AXIS)
+  # check_vma=False: the pmean above is the one explicit reduction (with VMA checking on, grad
+  # of replicated parameters would already be summed over devices).
+  sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()),
+                          check_vma=False)
+  return jax.jit(sharded, donate_argnums=0)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
+  step = functools.partial(eval_step, graphdef=graphdef, axis_name=DATA_AXIS)
+  return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(),
+                               check_vma=False))
+
+
+@functools.lru_cache(maxsize=16)
+def _step_functions(graphdef: nnx.GraphDef, loss_fn: losses.Loss, adamax: tuple, mesh):
+  """(train step, eval step), cached so that runs of one configuration in a process (tests,
+  sweeps) compile them once."""
+  learning_rate, b1, b2, eps = adamax
+  optimizer = optax.adamax(learning_rate, b1=b1, b2=b2, eps=eps)
+  return make_train_step(graphdef, loss_fn, optimizer, mesh), make_eval_step(graphdef, mesh)
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """This host's examples -> global arrays split over the mesh's data axis."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_manager(directory: str | os.PathLike, keep: int = 3, *, read_only: bool = False
+                       ) -> ocp.CheckpointManager:
+  """The manager of `<workdir>/checkpoints`: latest `keep` plus the best by validation PSNR."""
+  best_fn = lambda metrics: metrics[BEST_METRIC]
+  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+      ocp.checkpoint_managers.LatestN(n=keep),
+      # Ascending sort, the last n kept: the highest PSNR. Checkpoints without validation scores
+      # (mid-epoch saves) are left to LatestN.
+      ocp.checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=False, n=1,
+                                    keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      best_fn=best_fn, best_mode="max", preservation_policy=policy, create=not read_only,
+      read_only=read_only, enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=ITEM_NAMES,
+                               options=options)
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, config: TrainConfig, *,
+                    validation: dict[str, float] | None = None) -> int:
+  step = int(state.step)
+  metadata = checkpoint_lib.make_metadata(config.model, channel_order=CHANNEL_ORDER, info={
+      "step": step, "loss": config.loss, "train_config": config.to_dict(),
+      "validation": validation})
+  manager.save(step, args=ocp.args.Composite(**{
+      checkpoint_lib.MODEL_ITEM: ocp.args.StandardSave(state.params),
+      checkpoint_lib.METADATA_ITEM: ocp.args.JsonSave(metadata),
+      OPTIMIZER_ITEM: ocp.args.StandardSave(state.opt_state),
+      TRAIN_ITEM: ocp.args.StandardSave({"step": state.step, "rng": state.rng,
+                                         "batches_consumed": state.step}),
+  }), metrics=validation, force=True)
+  return step
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, step: int, template: TrainState,
+                       mesh: jax.sharding.Mesh) -> TrainState:
+  """The state saved at `step`, laid out like `template` and replicated over `mesh`."""
+  sharding = NamedSharding(mesh, P())
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          template)
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      checkpoint_lib.MODEL_ITEM: ocp.args.StandardRestore(abstract.params),
+      OPTIMIZER_ITEM: ocp.args.StandardRestore(abstract.opt_state),
+      TRAIN_ITEM: ocp.args.StandardRestore({"step": abstract.step, "rng": abstract.rng,
+                                            "batches_consumed": abstract.step}),
+  }))
+  train = restored[TRAIN_ITEM]
+  if int(train["batches_consumed"]) != int(train["step"]):
+    raise TrainingError(f"checkpoint {step} has an unexpected data position")
+  return TrainState(step=train["step"], params=restored[checkpoint_lib.MODEL_ITEM],
+                    opt_state=restored[OPTIMIZER_ITEM], rng=train["rng"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop (I/O)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int
+  workdir: pathlib.Path
+  history: list[tuple[int, float]]  # (step, training loss) for every step run here
+  validation: dict[int, dict[str, float]]
+  best_step: int | None
+  latest_step: int | None
+  step_time_s: float | None  # median seconds per step after the first (compile) step
+  first_step_s: float | None
+  peak_rss_mb: float
+
+  def checkpoint(self, step: int | None = None) -> pathlib.Path:
+    step = self.latest_step if step is None else step
+    return self.workdir / CHECKPOINT_DIR / str(step)
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
+
+
+def _check_resume_config(workdir: pathlib.Path, config: TrainConfig) -> None:
+  path = workdir / "config.json"
+  if not path.exists():
+    return
+  stored = json.loads(path.read_text())
+  current = config.to_dict()
+  changed = sorted(k for k in set(stored) | set(current)
+                   if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+  if changed:
+    raise TrainingError(f"--resume with a different configuration ({', '.join(changed)} differ "
+                        f"from {path}); start a new --workdir or use --init-from")
+
+
+def _validation_batches(config: TrainConfig, data_dir: str, local_batch: int
+                        ) -> Iterator[dict[str, np.ndarray]]:
+  from data import pipeline  # pylint: disable=import-outside-toplevel
+  many_hosts = jax.process_count() > 1
+  dataset = pipeline.validation_dataset(
+      data_dir, batch_size=local_batch, crop_size=config.crop_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      threads=config.data_threads,
+      # Several hosts must run the same number of (collective) eval steps: equal shares.
+      drop_remainder=many_hosts)
+  if config.validation_batches is not None:
+    dataset = dataset.take(config.validation_batches)
+  for batch in dataset.as_numpy_iterator():
+    size = batch["y"].shape[0]
+    padded = {k: np.concatenate([v, np.zeros((local_batch - size,) + v.shape[1:], v.dtype)])
+              for k, v in batch.items()}
+    padded["mask"] = (np.arange(local_batch) < size).astype(np.float32)
+    yield padded
+
+
+def _sample_triplets(data_dir: str, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Up to `count` full-frame triplets (x0, y, x1, RGB uint8) from the validation sequences.
+
+  The cache records its source folders and which sequences went to validation; the first three
+  frames of each of the first `count` validation sequences are read from there. Without the
+  sources (moved, another machine) the full validation patches stand in.
+  """
+  if count == 0:
+    return []
+  from data import builder, pipeline, sources  # pylint: disable=import-outside-toplevel
+  triplets = []
+  try:
+    metadata = builder.load_metadata(data_dir)
+    wanted = list(metadata.get("sequences", {}).get("validation", []))[:count]
+    max_height = metadata.get("parameters", {}).get("extract", {}).get("max_height")
+    found = {}
+    for root in metadata.get("source_dirs", []):
+      for sequence in sources.discover_sequences(root):
+        found[f"{pathlib.Path(root).name}/{sequence.name}"] = sequence
+    for name in wanted:
+      if name in found:
+        frames = list(itertools.islice(sources.iter_frames(found[name], max_height=max_height), 3))
+        if len(frames) == 3 and frames[0].shape == frames[2].shape:
+          triplets.append((frames[0], frames[1], frames[2]))
+  except (OSError, ValueError, KeyError) as error:
+    log.warning("full validation frames unavailable (%s); using validation patches", error)
+  if not triplets:
+    dataset = pipeline.read_split(data_dir, builder.VALIDATION).take(count)
+    triplets = [(e["x0"], e["y"], e["x1"]) for e in dataset.as_numpy_iterator()]
+  return triplets[:count]
+
+
+@functools.lru_cache(maxsize=8)
+def _sample_net(graphdef: nnx.GraphDef):
+  return jax.jit(lambda params, a, b: nnx.merge(graphdef, params)(a, b))
+
+
+class _Samples:
+  """Interpolates the sample triplets with the current parameters; writes PNGs and TensorBoard."""
+
+  def __init__(self, graphdef: nnx.GraphDef, triplets, kernel_size: int, directory: pathlib.Path):
+    self._triplets = triplets
+    self._kernel_size = kernel_size
+    self._directory = directory
+    self._net = _sample_net(graphdef)
+
+  def write(self, params: nnx.State, step: int, writer) -> None:
+    import cv2  # pylint: disable=import-outside-toplevel
+    if not self._triplets:
+      return
+    # One local copy of the replicated parameters: the samples run on one device.
+    local = jax.tree.map(lambda a: a.addressable_data(0), params)
+    folder = self._directory / f"{step:08d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (x0, y, x1) in enumerate(self._triplets):
+      a, b = (jnp.asarray(f[None], jnp.float32) / 255.0 for f in (x0, x1))
+      middle = run_padded(functools.partial(self._net, local), a, b, policy=SAMPLE_PADDING,
+                          kernel_size=self._kernel_size)
+      middle = np.asarray(metrics_lib.quantize(middle[0])).astype(np.uint8)
+      strip = np.concatenate([x0, middle, y, x1], axis=1)  # input, prediction, truth, input
+      cv2.imwrite(str(folder / f"sample_{index}.png"), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+      writer.image(f"samples/{index}", strip, step)
+
+
+class _Summaries:
+  """TensorBoard event files written with TensorFlow's core `tf.summary.write`.
+
+  The `tensorboard` package (which `tf.summary.scalar`/`image` need) is not a dependency of
+  tensorflow-cpu; the raw op with the scalars/images plugin metadata writes the same events, and
+  `tensorboard --logdir <workdir>` reads them where TensorBoard is installed.
+  """
+
+  def __init__(self, directory: pathlib.Path | None):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
+    self._tf = tf
+    self._writer = (tf.summary.create_file_writer(os.fspath(directory)) if directory is not None
+                    else tf.summary.create_noop_writer())
+    plugin = lambda name: summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=name))
+    self._scalar_metadata = plugin("scalars")
+    self._image_metadata = plugin("images")
+
+  def scalar(self, tag: str, value: float, step: int) -> None:
+    tf = self._tf
+    with self._writer.as_default():
+      tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
+                       metadata=self._scalar_metadata)
+
+  def image(self, tag: str, image: np.ndarray, step: int) -> None:
+    """One uint8 (H, W, 3) image, stored as PNG (the images plugin's [width, height, png])."""
+    tf = self._tf
+    height, width = image.shape[:2]
+    tensor = tf.stack([tf.as_string(width), tf.as_string(height), tf.io.encode_png(image)])
+    with self._writer.as_default():
+      tf.summary.write(tag, tensor, step=step, metadata=self._image_metadata)
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+
+def _flush(pending: list[tuple[int, dict]], history: list, writer, last_good: int | None,
+           checkpoint_dir: pathlib.Path) -> tuple[float, float] | None:
+  """Pulls pending step metrics to the host; raises on a non-finite value. (last loss, mean)."""
+  if not pending:
+    return None
+  values = jax.device_get([m for _, m in pending])
+  for (step, _), value in zip(pending, values):
+    if not all(math.isfinite(float(v)) for v in value.values()):
+      where = (f"steps {pending[0][0]}..{pending[-1][0]}" if len(pending) > 1 else f"step {step}")
+      kept = (f"the last good checkpoint is {checkpoint_dir / str(last_good)}"
+              if last_good is not None else "no checkpoint was saved")
+      raise NonFiniteLossError(f"non-finite loss at step {step} (checked {where}); {kept}")
+  losses_here = []
+  for (step, _), value in zip(pending, values):
+    loss = float(value["loss"])
+    losses_here.append(loss)
+    history.append((step, loss))
+    writer.scalar("train/loss", loss, step)
+    writer.scalar("train/grad_norm", float(value["grad_norm"]), step)
+  pending.clear()
+  return losses_here[-1], float(np.mean(losses_here))
+
+
+def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = False,
+          init_from: str | os.PathLike | None = None, progress: bool = True) -> TrainResult:
+  """Trains (or continues training, `resume`) `config` with checkpoints etc. in `workdir`.
+
+  `init_from` starts from another checkpoint's parameters (any loss; the network configuration
+  must match) with a fresh optimizer at step 0; once the run has checkpoints, `resume` continues
+  from them and `init_from` is not read again (so a fine-tuning job can be relaunched with the
+  same flags). Raises `TrainingError` (bad inputs, non-finite loss) and
+  `data.builder.CacheError` (no prepared data).
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tqdm  # pylint: disable=import-outside-toplevel
+  from data import builder, pipeline  # pylint: disable=import-outside-toplevel
+
+  try:
+    tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the accelerators
+  except RuntimeError:
+    pass  # TensorFlow already initialised (set by the caller then)
+  if config.data_dir is None:
+    raise TrainingError("no training data: pass --data DIR (a cache made by "
+                        "python -m data.prepare)")
+  data_dir = os.fspath(config.data_dir)
+  if not pathlib.Path(data_dir).is_dir():
+    raise TrainingError(f"data directory {data_dir} does not exist")
+  cache = builder.load_builder(data_dir)  # raises CacheError without a prepared dataset
+  if builder.TRAIN not in cache.info.splits:
+    raise TrainingError(f"the cache in {data_dir} has no {builder.TRAIN!r} split")
+  has_validation = builder.VALIDATION in cache.info.splits
+
+  devices, hosts = jax.device_count(), jax.process_count()
+  for name in ("batch_size", "validation_batch_size"):
+    if getattr(config, name) % devices:
+      raise TrainingError(f"{name}={getattr(config, name)} must be a multiple of the "
+                          f"{devices} devices")
+  local_batch = config.batch_size // hosts
+  local_eval_batch = config.validation_batch_size // hosts
+  steps_per_epoch = config.steps_per_epoch or max(
+      1, cache.info.splits[builder.TRAIN].num_examples // config.batch_size)
+  total_steps = config.steps or config.epochs * steps_per_epoch
+  is_main = jax.process_index() == 0
+
+  workdir = pathlib.Path(workdir).absolute()
+  checkpoint_dir = workdir / CHECKPOINT_DIR
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+  loss_fn = losses.get_loss(config.loss, nu=config.nu, vgg_weights=config.vgg_weights)
+  mesh = make_mesh()
+
+  manager = checkpoint_manager(checkpoint_dir, config.keep_checkpoints)
+  latest = manager.latest_step()
+  try:
+    if latest is not None and not resume:
+      raise TrainingError(f"{checkpoint_dir} already holds checkpoints (latest step {latest}): "
+                          "pass --resume to continue, or choose another --workdir")
+    if resume and latest is not None and init_from is not None:
+      # A relaunched fine-tuning job: its checkpoints already started from init_from.
+      log.info("resuming from step %d; --init-from %s is not used again", latest, init_from)
+
+    initial_params = None
+    if init_from is not None and latest is None:
+      try:
+        source, source_metadata = checkpoint_lib.load_model(init_from)
+      except checkpoint_lib.CheckpointError as error:
+        raise TrainingError(str(error)) from error
+      if source.config != config.model:
+        raise TrainingError(f"--init-from {init_from} holds a different network "
+                            f"({source.config}) than the config's ({config.model})")
+      order = source_metadata.get("channel_order")
+      if order != CHANNEL_ORDER:
+        raise TrainingError(f"--init-from {init_from} expects {order} frames; the training data "
+                            f"is {CHANNEL_ORDER}")
+      initial_params = nnx.state(source, nnx.Param)
+
+    graphdef, state = create_train_state(config, params=initial_params)
+    state = replicate(state, mesh)
+    if latest is not None:
+      _check_resume_config(workdir, config)
+      state = restore_checkpoint(manager, latest, state, mesh)
+    start_step = int(state.step)
+  except BaseException:
+    manager.close()
+    raise
+  if is_main:
+    (workdir / "config.json").write_text(config.to_json())
+
+  train_step_fn, eval_step_fn = _step_functions(
+      graphdef, loss_fn, (config.learning_rate, config.b1, config.b2, config.eps), mesh)
+  dataset = pipeline.train_dataset(
+      data_dir, batch_size=local_batch, crop_size=config.crop_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=hosts,
+      shuffle_buffer=config.shuffle_buffer, threads=config.data_threads)
+  # The data position: the pipeline is deterministic, so skipping the consumed batches puts the
+  # resumed run exactly where the interrupted one stopped.
+  batches = dataset.skip(start_step).as_numpy_iterator()
+
+  writer = _Summaries(workdir / "tensorboard" if is_main else None)
+  samples = None
+  if is_main and has_validation and config.num_samples:
+    samples = _Samples(graphdef, _sample_triplets(data_dir, config.num_samples),
+                       config.model.kernel_size, workdir / "samples")
+
+  history: list[tuple[int, float]] = []
+  validation_scores: dict[int, dict[str, float]] = {}
+  pending: list[tuple[int, dict]] = []
+  window_times: list[float] = []
+  first_step_s = None
+  last_good = latest
+  bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not (progress and is_main),
+                  desc="train", unit="step", dynamic_ncols=True)
+
+  def validate(step: int) -> dict[str, float] | None:
+    if not has_validation:
+      return None
+    sums = {"psnr": 0.0, "ssim": 0.0, "count": 0.0}
+    for batch in _validation_batches(config, data_dir, local_eval_batch):
+      out = jax.device_get(eval_step_fn(state.params, shard_batch(batch, mesh)))
+      for key in sums:
+        sums[key] += float(out[key])
+    if not sums["count"]:
+      return None
+    scores = {"psnr": sums["psnr"] / sums["count"], "ssim_gaussian": sums["ssim"] / sums["count"]}
+    validation_scores[step] = scores
+    writer.scalar("validation/psnr", scores["psnr"], step)
+    writer.scalar("validation/ssim_gaussian", scores["ssim_gaussian"], step)
+    if samples is not None:
+      samples.write(state.params, step, writer)
+    if is_main:
+      bar.write(f"step {step}: validation PSNR {scores['psnr']:.2f} dB, "
+                f"SSIM (Gaussian) {scores['ssim_gaussian']:.4f}")
+    return scores
+
+  try:
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(start_step + 1, total_steps + 1):
+      batch = shard_batch(next(batches), mesh)
+      state, step_metrics = train_step_fn(state, batch)
+      pending.append((step, step_metrics))
+      window_steps += 1
+      if first_step_s is None:
+        jax.block_until_ready(step_metrics)
+        first_step_s = time.perf_counter() - window_start
+        window_start, window_steps = time.perf_counter(), 0
+      epoch_end = step % steps_per_epoch == 0
+      save = epoch_end or step % config.checkpoint_every == 0 or step == total_steps
+      if save or step % config.log_every == 0:
+        flushed = _flush(pending, history, writer, last_good, checkpoint_dir)
+        if window_steps:
+          window_times.append((time.perf_counter() - window_start) / window_steps)
+        if flushed is not None:
+          step_time = window_times[-1] if window_steps else first_step_s
+          bar.set_postfix(loss=f"{flushed[0]:.4f}", s_per_step=f"{step_time:.2f}", refresh=False)
+          writer.scalar("train/step_time_s", step_time, step)
+          writer.scalar("train/peak_rss_mb", _peak_rss_mb(), step)
+        bar.update(step - bar.n)
+      if save:
+        scores = validate(step) if (epoch_end or step == total_steps) else None
+        save_checkpoint(manager, state, config, validation=scores)
+        last_good = step
+      if save or step % config.log_every == 0:
+        window_start, window_steps = time.perf_counter(), 0
+  finally:
+    bar.close()
+    manager.wait_until_finished()
+    best, latest = manager.best_step(), manager.latest_step()
+    manager.close()
+    writer.flush()
+  return TrainResult(step=int(state.step), workdir=workdir, history=history,
+                     validation=validation_scores, best_step=best, latest_step=latest,
+                     step_time_s=float(np.median(window_times)) if window_times else None,
+                     first_step_s=first_step_s, peak_rss_mb=_peak_rss_mb())

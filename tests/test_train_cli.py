@@ -1,0 +1,64 @@
+"""`python train.py`: usage errors in one line, and a real tiny run end to end."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from sepconv_jax import load_model
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+
+
+def _run(*args, timeout=300):
+  return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=REPO_ROOT, env=ENV,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--workdir", "w", "--loss", "l3"], 2, "invalid choice"),
+    (["--workdir", "w", "--lr", "-1"], 2, "must be positive"),
+    (["--workdir", "w", "--steps", "3", "--epochs", "2"], 2, "not allowed with"),
+    (["--loss", "l1"], 2, "--workdir"),
+    (["--workdir", "w", "--data", "/nonexistent/data"], 1, "does not exist"),
+])
+def test_usage_errors_are_one_line(tmp_path, args, code, message):
+  done = _run(*[a if a != "w" else tmp_path / "w" for a in args])
+  assert done.returncode == code
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and "error:" in lines[0] and message in lines[0], done.stderr
+
+
+def _make_cache(base: pathlib.Path) -> pathlib.Path:
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("_tt", REPO_ROOT / "tests" / "test_training.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  source = module._write_source(base / "sources" / "tiny")
+  module.builder.prepare([source], base / "out", module.CACHE_CONFIG, workers=1, progress=False)
+  return base / "out"
+
+
+def test_tiny_run_end_to_end(tmp_path):
+  data = _make_cache(tmp_path / "cache")
+  workdir = tmp_path / "run"
+  done = _run("--config", "tiny", "--data", data, "--workdir", workdir, "--loss", "l2",
+              "--steps", 2, "--no-progress")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "trained to step 2" in done.stdout
+  model, metadata = load_model(workdir / "checkpoints" / "2")
+  assert metadata["info"]["loss"] == "l2" and metadata["info"]["step"] == 2
+  # Errors found after start-up are one line too: existing checkpoints without --resume, and a
+  # folder without a prepared cache.
+  again = _run("--config", "tiny", "--data", data, "--workdir", workdir, "--steps", 2)
+  assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith("error:")
+  assert "--resume" in again.stderr
+  (tmp_path / "empty").mkdir()
+  empty = _run("--config", "tiny", "--data", tmp_path / "empty", "--workdir", tmp_path / "x")
+  assert empty.returncode == 1 and "error: no prepared" in empty.stderr
+  assert "Traceback" not in empty.stderr + again.stderr

@@ -1,0 +1,330 @@
+"""Training: real steps of the tiny network on a tiny cache made here, checkpoints, resume,
+kill-safety, fine-tuning and data parallelism on simulated CPU devices."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data import builder, extract
+from sepconv_jax import configs, load_model, losses, metrics, training
+from sepconv_jax.model import SepConvConfig
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+PATCH = 48
+SHIFT = 2  # pixels per frame: x0 -> x1 moves 4 px, within the tiny model's 5-tap kernels
+SEQUENCES = ("pan_a", "pan_b", "pan_c", "pan_d")
+CACHE_CONFIG = builder.make_config(
+    extract.ExtractConfig(patch_size=PATCH, patches_tried=8, max_patches=4, flow_scale=1.0,
+                          max_height=None, seed=1),
+    validation_fraction=0.25)
+
+
+def _write_source(root: pathlib.Path, frames: int = 6) -> pathlib.Path:
+  """Frame folders of blurred random textures panning SHIFT px per frame, 64 x 80."""
+  rng = np.random.default_rng(0)
+  for name in SEQUENCES:
+    texture = cv2.GaussianBlur(
+        rng.integers(0, 256, (64, 80 + SHIFT * frames, 3), dtype=np.uint8), (5, 5), 0)
+    (root / name).mkdir(parents=True)
+    for i in range(frames):
+      cv2.imwrite(str(root / name / f"{i:05d}.png"), texture[:, SHIFT * i:SHIFT * i + 80])
+  return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+  base = tmp_path_factory.mktemp("train_cache")
+  source = _write_source(base / "sources" / "tiny")
+  out = base / "out"
+  builder.prepare([source], out, CACHE_CONFIG, workers=1, progress=False)
+  return out
+
+
+def tiny(data_dir, **overrides) -> configs.TrainConfig:
+  return configs.get_config("tiny").with_overrides(data_dir=str(data_dir), **overrides)
+
+
+def _params(path) -> list[np.ndarray]:
+  model, _ = load_model(path)
+  return [np.asarray(x) for x in jax.tree.leaves(training.nnx.state(model))]
+
+
+def test_configs():
+  default = configs.get_config("default")
+  assert (default.batch_size, default.crop_size, default.loss) == (16, 128, "l1")
+  assert default.model == SepConvConfig()
+  assert configs.get_config("frame_average").model.frame_average_init
+  assert configs.TrainConfig.from_dict(json.loads(default.to_json())) == default
+  assert default.with_overrides(loss="ssim", steps=None).loss == "ssim"
+  with pytest.raises(ValueError, match="unknown config"):
+    configs.get_config("huge")
+  with pytest.raises(ValueError, match="unknown loss"):
+    default.with_overrides(loss="l3")
+  with pytest.raises(ValueError, match="multiple of 32"):
+    default.with_overrides(crop_size=100)
+
+
+def test_metrics_match_numpy_and_skimage():
+  skimage_metrics = pytest.importorskip("skimage.metrics")
+  rng = np.random.default_rng(0)
+  y = rng.random((2, 24, 24, 3)).astype(np.float32)
+  p = np.clip(y + rng.normal(0, 0.05, y.shape), -0.1, 1.1).astype(np.float32)
+  ours = np.asarray(metrics.psnr(jnp.asarray(p), jnp.asarray(y)))
+  for i in range(2):
+    q = lambda a: np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    expected = skimage_metrics.peak_signal_noise_ratio(q(y[i]), q(p[i]), data_range=255)
+    assert ours[i] == pytest.approx(expected, abs=1e-3)
+    assert metrics.psnr_numpy(p[i], y[i]) == pytest.approx(expected, abs=1e-6)
+  assert float(metrics.psnr(jnp.asarray(y), jnp.asarray(y))[0]) == metrics.MAX_PSNR
+  ssim = np.asarray(metrics.ssim_gaussian(jnp.asarray(p), jnp.asarray(y)))
+  assert ssim.shape == (2,) and np.all((ssim > 0) & (ssim < 1))
+
+
+def _fixed_batches(count=2, batch=4, size=32, seed=0):
+  """Panning-texture triplets (x0, y, x1 shifted by SHIFT px each) as in-memory batches."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(count):
+    texture = cv2.GaussianBlur(rng.random((batch, size, size + 2 * SHIFT, 3)).astype(np.float32)
+                               .reshape(batch * size, size + 2 * SHIFT, 3), (5, 5), 0)
+    texture = texture.reshape(batch, size, size + 2 * SHIFT, 3)
+    out.append({"x0": texture[:, :, 2 * SHIFT:], "y": texture[:, :, SHIFT:size + SHIFT],
+                "x1": texture[:, :, :size]})
+  return out
+
+
+def test_loss_decreases_over_50_steps():
+  config = configs.get_config("tiny").with_overrides(
+      model=SepConvConfig.tiny(), learning_rate=3e-3)
+  mesh = training.make_mesh(jax.devices()[:1])
+  graphdef, state = training.create_train_state(config)
+  step = training.make_train_step(graphdef, losses.get_loss("l1"),
+                                  training.make_optimizer(config), mesh)
+  state = training.replicate(state, mesh)
+  batches = [training.shard_batch(b, mesh) for b in _fixed_batches()]
+  history = []
+  for i in range(50):
+    state, m = step(state, batches[i % len(batches)])
+    history.append(float(m["loss"]))
+  assert all(np.isfinite(history))
+  assert np.mean(history[-4:]) < 0.7 * np.mean(history[:2]), history
+  assert int(state.step) == 50
+
+
+@pytest.mark.parametrize("loss", ["l1", "l2", "ssim"])
+def test_train_runs_with_each_loss(data_dir, tmp_path, loss):
+  result = training.train(tiny(data_dir, loss=loss, steps=3, steps_per_epoch=3), tmp_path / "w",
+                          progress=False)
+  assert result.step == 3 and len(result.history) == 3
+  assert all(np.isfinite([l for _, l in result.history]))
+  assert set(result.validation) == {3}
+  assert 5 < result.validation[3]["psnr"] < 100
+  model, metadata = load_model(result.checkpoint())
+  assert metadata["channel_order"] == "RGB" and metadata["info"]["loss"] == loss
+  assert metadata["info"]["step"] == 3 and model.config == tiny(data_dir).model
+
+
+def test_vgg_losses_need_weights(data_dir, tmp_path):
+  with pytest.raises(ValueError, match="vgg-weights"):
+    training.train(tiny(data_dir, loss="l1+vgg", steps=1), tmp_path / "w", progress=False)
+
+
+def _random_vgg_npz(path):
+  """Random weights with torchvision VGG-19's names and shapes: tests the loss path only."""
+  from sepconv_jax.vgg import TORCHVISION_CONV_INDICES
+  rng = np.random.default_rng(0)
+  channels = [3, 64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512]
+  state = {}
+  for index, (fan_in, fan_out) in zip(TORCHVISION_CONV_INDICES, zip(channels, channels[1:])):
+    state[f"features.{index}.weight"] = (rng.normal(size=(fan_out, fan_in, 3, 3)) *
+                                         np.sqrt(2 / (9 * fan_in))).astype(np.float32)
+    state[f"features.{index}.bias"] = np.zeros(fan_out, np.float32)
+  np.savez(path, **state)
+  return path
+
+
+def test_vgg_loss_trains_with_local_weights(data_dir, tmp_path):
+  weights = _random_vgg_npz(tmp_path / "vgg19.npz")
+  result = training.train(tiny(data_dir, loss="l1+vgg", nu=1e-3, vgg_weights=str(weights),
+                               steps=2, num_samples=0), tmp_path / "w", progress=False)
+  assert result.step == 2 and all(np.isfinite([l for _, l in result.history]))
+
+
+def _event_tags(directory) -> set[str]:
+  import tensorflow as tf
+  from tensorflow.core.util import event_pb2
+  tags = set()
+  for path in pathlib.Path(directory).glob("events.out.tfevents.*"):
+    for record in tf.data.TFRecordDataset(str(path)):
+      event = event_pb2.Event.FromString(record.numpy())
+      tags |= {value.tag for value in event.summary.value}
+  return tags
+
+
+def test_full_run_writes_checkpoints_samples_and_events(data_dir, tmp_path):
+  workdir = tmp_path / "w"
+  # 2 epochs of 4 steps, saves every 3 steps: 3, 4 (epoch), 6, 8 (epoch, last); keep 2 latest.
+  result = training.train(tiny(data_dir, epochs=2, steps_per_epoch=4, checkpoint_every=3),
+                          workdir, progress=False)
+  assert result.step == 8
+  assert set(result.validation) == {4, 8}
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  best = max(result.validation, key=lambda s: result.validation[s]["psnr"])
+  assert result.best_step == best
+  assert steps == sorted({6, 8, best})
+  for step in steps:
+    assert _params(workdir / "checkpoints" / str(step))
+  assert list((workdir / "samples" / "00000008").glob("sample_*.png"))
+  assert {"train/loss", "train/step_time_s", "validation/psnr", "validation/ssim_gaussian",
+          "samples/0"} <= _event_tags(workdir / "tensorboard")
+  assert json.loads((workdir / "config.json").read_text())["steps_per_epoch"] == 4
+  with pytest.raises(training.TrainingError, match="--resume"):
+    training.train(tiny(data_dir, epochs=2, steps_per_epoch=4), workdir, progress=False)
+
+
+def test_resume_is_bit_exact(data_dir, tmp_path):
+  config = tiny(data_dir, steps_per_epoch=3, checkpoint_every=2, num_samples=0)
+  straight = training.train(config.with_overrides(steps=5), tmp_path / "a", progress=False)
+  first = training.train(config.with_overrides(steps=3), tmp_path / "b", progress=False)
+  assert first.step == 3
+  resumed = training.train(config.with_overrides(steps=5), tmp_path / "b", resume=True,
+                           progress=False)
+  assert resumed.step == 5 and [s for s, _ in resumed.history] == [4, 5]
+  assert resumed.history == straight.history[3:]
+  for a, b in zip(_params(straight.checkpoint()), _params(resumed.checkpoint()), strict=True):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(training.TrainingError, match="different configuration"):
+    training.train(config.with_overrides(steps=6, learning_rate=1e-4), tmp_path / "b",
+                   resume=True, progress=False)
+
+
+def test_init_from_with_another_loss(data_dir, tmp_path):
+  base = training.train(tiny(data_dir, steps=2, num_samples=0), tmp_path / "l1", progress=False)
+  tuned = training.train(tiny(data_dir, loss="ssim", steps=2, num_samples=0), tmp_path / "ssim",
+                         init_from=base.checkpoint(), progress=False)
+  assert tuned.step == 2 and load_model(tuned.checkpoint())[1]["info"]["loss"] == "ssim"
+  other = tiny(data_dir, steps=1, model=SepConvConfig.tiny(kernel_size=3))
+  with pytest.raises(training.TrainingError, match="different network"):
+    training.train(other, tmp_path / "x", init_from=base.checkpoint(), progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+  real = losses.get_loss
+  config = tiny(data_dir, steps=6, checkpoint_every=2, num_samples=0, log_every=1,
+                steps_per_epoch=100)
+  workdir = tmp_path / "w"
+  training.train(config.with_overrides(steps=2), workdir, progress=False)
+  monkeypatch.setattr(training.losses, "get_loss",
+                      lambda name, **kw: lambda batch, p: real(name, **kw)(batch, p) * jnp.nan)
+  with pytest.raises(training.NonFiniteLossError, match=r"step 3.*checkpoints/2"):
+    training.train(config, workdir, resume=True, progress=False)
+  manager = training.checkpoint_manager(workdir / "checkpoints", read_only=True)
+  assert manager.latest_step() == 2
+  manager.close()
+  assert all(np.isfinite(a).all() for a in _params(workdir / "checkpoints" / "2"))
+
+
+KILL_SCRIPT = """
+import sys
+from sepconv_jax import configs, training
+config = configs.get_config("tiny").with_overrides(
+    data_dir=sys.argv[1], steps=100000, checkpoint_every=1, keep_checkpoints=2, num_samples=0,
+    steps_per_epoch=100000)
+training.train(config, sys.argv[2], resume=True, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_never_leaves_an_unrestorable_checkpoint(data_dir, tmp_path):
+  workdir = tmp_path / "w"
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+  rng = np.random.default_rng(0)
+  for attempt in range(2):
+    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(data_dir), str(workdir)],
+                               cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+      deadline = time.monotonic() + 120
+      start = len(list((workdir / "checkpoints").glob("[0-9]*")))
+      # Wait until this run has saved at least one checkpoint, then kill at a random moment
+      # (saves happen every step, so often during one).
+      while time.monotonic() < deadline and process.poll() is None:
+        names = [p.name for p in (workdir / "checkpoints").glob("*")] if workdir.exists() else []
+        if attempt == 0 and any(n.isdigit() for n in names):
+          break
+        if attempt > 0 and len(names) > start:
+          break
+        time.sleep(0.05)
+      time.sleep(rng.uniform(0.0, 1.5))
+      assert process.poll() is None, "the training subprocess ended by itself"
+    finally:
+      process.send_signal(signal.SIGKILL)
+      process.wait()
+    manager = training.checkpoint_manager(workdir / "checkpoints")
+    latest = manager.latest_step()
+    assert latest is not None
+    manager.close()
+    assert _params(workdir / "checkpoints" / str(latest))
+  # And training continues from what is there.
+  result = training.train(tiny(data_dir, steps=latest + 1, checkpoint_every=1, keep_checkpoints=2,
+                               num_samples=0, steps_per_epoch=100000),
+                          workdir, resume=True, progress=False)
+  assert result.step == latest + 1
+
+
+MULTI_DEVICE_SCRIPT = """
+import os, sys
+import jax, numpy as np
+from sepconv_jax import configs, losses, training
+from sepconv_jax.model import SepConvConfig
+assert jax.device_count() == 4, jax.devices()
+sys.path.insert(0, "tests")
+config = configs.get_config("tiny").with_overrides(model=SepConvConfig.tiny())
+batch = np.load(sys.argv[1])
+batch = {k: batch[k] for k in ("x0", "x1", "y")}
+results = {}
+for n in (1, 4):
+  mesh = training.make_mesh(jax.devices()[:n])
+  graphdef, state = training.create_train_state(config)
+  step = training.make_train_step(graphdef, losses.get_loss("l1"), training.make_optimizer(config),
+                                  mesh)
+  state, m = step(training.replicate(state, mesh), training.shard_batch(batch, mesh))
+  assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == n
+  results[n] = (float(m["loss"]), [np.asarray(x) for x in jax.tree.leaves(state.params)])
+  eval_step = training.make_eval_step(graphdef, mesh)
+  masked = {**batch, "mask": np.ones(4, np.float32)}
+  sums = eval_step(state.params, training.shard_batch(masked, mesh))
+  results[n] += (float(sums["psnr"]),)
+(l1, p1, e1), (l4, p4, e4) = results[1], results[4]
+np.testing.assert_allclose(l4, l1, rtol=1e-5)
+np.testing.assert_allclose(e4, e1, rtol=1e-4)
+for a, b in zip(p1, p4, strict=True):
+  np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+print("OK", l1, l4)
+"""
+
+
+@pytest.mark.slow
+def test_one_step_on_four_devices_matches_one_device(tmp_path):
+  batch = _fixed_batches(count=1, batch=4)[0]
+  np.savez(tmp_path / "batch.npz", **batch)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+  done = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(tmp_path / "batch.npz")],
+                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "OK" in done.stdout

@@ -1,0 +1,126 @@
+"""Train SepConv: `python train.py --data DIR --workdir DIR [--config default] [--loss l1] ...`.
+
+  python train.py --data ../scratch/davis_tfds --workdir runs/l1                   # the paper
+  python train.py --data ../scratch/davis_tfds --workdir runs/l1 --resume          # continue
+  python train.py --data ../scratch/davis_tfds --workdir runs/lf --loss l1+vgg --nu 1e-5 \\
+      --vgg-weights vgg19-dcbb9e9d.pth --init-from runs/l1/checkpoints/STEP        # fine-tune
+
+Configs (`sepconv_jax.configs`): default (batch 16, 128x128 crops, AdaMax lr 1e-3, L1),
+frame_average (start at frame averaging, lr 2e-4) and tiny (tests, laptops); flags override
+single fields. The work directory receives checkpoints/<step>/ (each loadable with
+`sepconv_jax.load_model`), tensorboard/ event files, samples/<step>/ images and config.json.
+
+Several hosts: start the same command on every host with --distributed (coordinator address,
+process count and index from the environment, as `jax.distributed.initialize()` reads them).
+
+Only parses arguments: the work is in `sepconv_jax.training`. Problems with flags, data or the
+work directory print one `error:` line and exit non-zero (2 for usage, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+CONFIGS = ("default", "frame_average", "tiny")  # mirrors sepconv_jax.configs.CONFIGS
+LOSSES = ("l1", "l2", "ssim", "vgg", "l1+vgg")  # mirrors sepconv_jax.losses.LOSSES
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one line, no usage block
+    self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(kind):
+  def parse(text):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
+    if value <= 0:
+      raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+  return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = _Parser(prog="train.py", description=__doc__.split("\n\n")[0],
+              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", choices=CONFIGS, default="default",
+                 help="base configuration (default: %(default)s)")
+  p.add_argument("--data", metavar="DIR", help="prepared cache (python -m data.prepare --out DIR)")
+  p.add_argument("--workdir", metavar="DIR", required=True,
+                 help="checkpoints, TensorBoard events, samples and config.json go here")
+  p.add_argument("--loss", choices=LOSSES)
+  p.add_argument("--nu", type=float, help="weight of the VGG term of l1+vgg (default 1e-5)")
+  p.add_argument("--vgg-weights", metavar="FILE",
+                 help="local ImageNet VGG-19 weights (.pth or .npz) for the vgg losses")
+  p.add_argument("--lr", type=_positive(float), help="AdaMax learning rate")
+  p.add_argument("--batch-size", type=_positive(int), help="global batch size")
+  p.add_argument("--crop-size", type=_positive(int), help="training crop side (multiple of 32)")
+  length = p.add_mutually_exclusive_group()
+  length.add_argument("--epochs", type=_positive(int))
+  length.add_argument("--steps", type=_positive(int), help="total steps (instead of --epochs)")
+  p.add_argument("--steps-per-epoch", type=_positive(int),
+                 help="default: training examples // batch size")
+  p.add_argument("--checkpoint-every", type=_positive(int), help="steps between checkpoints")
+  p.add_argument("--keep", type=_positive(int), help="latest checkpoints to keep (and the best)")
+  p.add_argument("--log-every", type=_positive(int))
+  p.add_argument("--validation-batches", type=_positive(int),
+                 help="validate on at most this many batches (default: the whole split)")
+  p.add_argument("--samples", type=int, help="full frames interpolated per validation")
+  p.add_argument("--seed", type=int)
+  p.add_argument("--resume", action="store_true",
+                 help="continue from the latest checkpoint in --workdir (if any)")
+  p.add_argument("--init-from", metavar="CHECKPOINT",
+                 help="start from this checkpoint's parameters (e.g. another loss's best)")
+  p.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() first (multi-host)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  return p
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.data is not None and not os.path.isdir(args.data):
+    print(f"error: data directory {args.data} does not exist", file=sys.stderr)
+    return 1
+  if args.init_from is not None and not os.path.isdir(args.init_from):
+    print(f"error: --init-from {args.init_from} is not a checkpoint directory", file=sys.stderr)
+    return 1
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import jax  # pylint: disable=import-outside-toplevel
+  if args.distributed:
+    jax.distributed.initialize()
+  from data.builder import CacheError  # pylint: disable=import-outside-toplevel
+  from sepconv_jax import configs, training  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.vgg import VGGWeightsError  # pylint: disable=import-outside-toplevel
+  try:
+    config = configs.get_config(args.config).with_overrides(
+        data_dir=args.data, loss=args.loss, nu=args.nu, vgg_weights=args.vgg_weights,
+        learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
+        epochs=args.epochs, steps=args.steps, steps_per_epoch=args.steps_per_epoch,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
+        log_every=args.log_every, seed=args.seed, validation_batches=args.validation_batches,
+        num_samples=args.samples)
+    if args.epochs is not None:  # --epochs given: the config's step count must not win
+      config = dataclasses.replace(config, steps=None)
+    result = training.train(config, args.workdir, resume=args.resume, init_from=args.init_from,
+                            progress=not args.no_progress)
+  except (ValueError, training.TrainingError, CacheError, VGGWeightsError) as error:
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("error: interrupted (the latest checkpoint is intact; continue with --resume)",
+          file=sys.stderr)
+    return 130
+  best = f", best validation at step {result.best_step}" if result.best_step is not None else ""
+  print(f"trained to step {result.step}; checkpoints in {result.workdir / 'checkpoints'}{best}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
