@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", choices=CONFIGS, default="default",
                  help="base configuration (default: %(default)s)")
   p.add_argument("--data", metavar="DIR", help="prepared cache (python -m data.prepare --out DIR)")
-  p.add_argument("--workdir", metavar="DIR", required=True,
-                 help="checkpoints, TensorBoard events, samples and config.json go here")
+  p.add_argument("--workdir", metavar="DIR",
+                 help="checkpoints, TensorBoard events, samples and config.json go here "
+                      "(default: runs/CONFIG-LOSS)")
   p.add_argument("--loss", choices=LOSSES)
   p.add_argument("--nu", type=float, help="weight of the VGG term of l1+vgg (default 1e-5)")
   p.add_argument("--vgg-weights", metavar="FILE",
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  if args.workdir is None:
+    args.workdir = os.path.join("runs", f"{args.config}-{args.loss or 'l1'}".replace("+", "_"))
   if args.data is not None and not os.path.isdir(args.data):
     print(f"error: data directory {args.data} does not exist", file=sys.stderr)
     return 1
@@ -92,6 +95,7 @@ def main(argv=None) -> int:
     print(f"error: --init-from {args.init_from} is not a checkpoint directory", file=sys.stderr)
     return 1
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences TensorFlow's start-up notice
   import jax  # pylint: disable=import-outside-toplevel
   if args.distributed:
     jax.distributed.initialize()

@@ -22,6 +22,10 @@ from data import extract, sources
 EXIT_USAGE = 2
 
 
+# Where `train.py` looks for the cache by default (git-ignored).
+DEFAULT_OUT = "datasets/davis_tfds"
+
+
 class _Parser(argparse.ArgumentParser):
   def error(self, message):  # one line, no usage block
     self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -40,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--source", action="append", required=True, metavar="DIR",
                  help="folder of sequences (DAVIS layout, frame folders, videos); repeatable")
-  p.add_argument("--out", required=True, metavar="DIR", help="TFDS data_dir for the cache")
+  p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                 help="TFDS data_dir for the cache (default: %(default)s, where train.py looks)")
   p.add_argument("--patch-size", type=_positive_int, default=defaults.patch_size)
   p.add_argument("--patches-tried", type=_positive_int, default=defaults.patches_tried,
                  help="random patches tried per triplet")

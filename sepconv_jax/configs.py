@@ -70,7 +70,7 @@ class TrainConfig:
   steps: int | None = None
   steps_per_epoch: int | None = None
   seed: int = 0
-  data_dir: str | None = None
+  data_dir: str | None = "datasets/davis_tfds"  # python -m data.prepare's default --out
   checkpoint_every: int = 1000
   keep_checkpoints: int = 3
   log_every: int = 10

@@ -485,7 +485,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
                         "python -m data.prepare)")
   data_dir = os.fspath(config.data_dir)
   if not pathlib.Path(data_dir).is_dir():
-    raise TrainingError(f"data directory {data_dir} does not exist")
+    raise TrainingError(f"no prepared training data at {data_dir}: build it with "
+                        f"`python -m data.prepare --source DIR --out {data_dir}` or pass --data")
   cache = builder.load_builder(data_dir)  # raises CacheError without a prepared dataset
   if builder.TRAIN not in cache.info.splits:
     raise TrainingError(f"the cache in {data_dir} has no {builder.TRAIN!r} split")

@@ -15,16 +15,15 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
 
 
-def _run(*args, timeout=300):
-  return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=REPO_ROOT, env=ENV,
-                        capture_output=True, text=True, timeout=timeout)
+def _run(*args, timeout=300, cwd=REPO_ROOT):
+  return subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *map(str, args)], cwd=cwd,
+                        env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("args, code, message", [
     (["--workdir", "w", "--loss", "l3"], 2, "invalid choice"),
     (["--workdir", "w", "--lr", "-1"], 2, "must be positive"),
     (["--workdir", "w", "--steps", "3", "--epochs", "2"], 2, "not allowed with"),
-    (["--loss", "l1"], 2, "--workdir"),
     (["--workdir", "w", "--data", "/nonexistent/data"], 1, "does not exist"),
 ])
 def test_usage_errors_are_one_line(tmp_path, args, code, message):
@@ -32,6 +31,15 @@ def test_usage_errors_are_one_line(tmp_path, args, code, message):
   assert done.returncode == code
   lines = done.stderr.strip().splitlines()
   assert len(lines) == 1 and "error:" in lines[0] and message in lines[0], done.stderr
+
+
+def test_the_default_data_folder_missing_says_how_to_make_it(tmp_path):
+  """`python train.py --loss l1` with no prepared data (run where there is none)."""
+  done = _run("--loss", "l1", cwd=tmp_path)
+  assert done.returncode == 1
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and "python -m data.prepare" in lines[0], done.stderr
+  assert not (tmp_path / "runs").exists()
 
 
 def _make_cache(base: pathlib.Path) -> pathlib.Path:
