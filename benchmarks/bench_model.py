@@ -144,20 +144,7 @@ class TorchModel:
 
   def kernel_maps(self, first, second):
     """The four (N, K, H, W) kernel maps: the network's forward without the op."""
-    net, functional = self.net, self.torch.nn.functional
-    pool = lambda x: functional.avg_pool2d(x, kernel_size=2, stride=2)
-    conv1 = net.moduleConv1(self.torch.cat([first, second], 1))
-    conv2 = net.moduleConv2(pool(conv1))
-    conv3 = net.moduleConv3(pool(conv2))
-    conv4 = net.moduleConv4(pool(conv3))
-    conv5 = net.moduleConv5(pool(conv4))
-    deconv5 = net.moduleUpsample5(net.moduleDeconv5(pool(conv5)))
-    deconv4 = net.moduleUpsample4(net.moduleDeconv4(deconv5 + conv5))
-    deconv3 = net.moduleUpsample3(net.moduleDeconv3(deconv4 + conv4))
-    deconv2 = net.moduleUpsample2(net.moduleDeconv2(deconv3 + conv3))
-    combine = deconv2 + conv2
-    return (net.moduleVertical1(combine), net.moduleHorizontal1(combine),
-            net.moduleVertical2(combine), net.moduleHorizontal2(combine))
+    return self.net.kernel_maps(first, second)
 
   def apply_op(self, first, second, maps):
     half = KERNEL_SIZE // 2

@@ -79,7 +79,8 @@ class TorchSepConvNet(nn.Module):
     self.moduleHorizontal1 = subnet(kernel_size)
     self.moduleHorizontal2 = subnet(kernel_size)
 
-  def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+  def kernel_maps(self, first: torch.Tensor, second: torch.Tensor):
+    """(vertical1, horizontal1, vertical2, horizontal2), each (N, K, H, W): all but the op."""
     pool = lambda x: F.avg_pool2d(x, kernel_size=2, stride=2)
     conv1 = self.moduleConv1(torch.cat([first, second], 1))
     conv2 = self.moduleConv2(pool(conv1))
@@ -91,14 +92,16 @@ class TorchSepConvNet(nn.Module):
     deconv3 = self.moduleUpsample3(self.moduleDeconv3(deconv4 + conv4))
     deconv2 = self.moduleUpsample2(self.moduleDeconv2(deconv3 + conv3))
     combine = deconv2 + conv2
+    return (self.moduleVertical1(combine), self.moduleHorizontal1(combine),
+            self.moduleVertical2(combine), self.moduleHorizontal2(combine))
 
+  def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    vertical1, horizontal1, vertical2, horizontal2 = self.kernel_maps(first, second)
     half = self.kernel_size // 2
     first = F.pad(first, [half, half, half, half], mode="replicate")
     second = F.pad(second, [half, half, half, half], mode="replicate")
-    return (separable_local_conv_loop(first, self.moduleVertical1(combine),
-                                      self.moduleHorizontal1(combine))
-            + separable_local_conv_loop(second, self.moduleVertical2(combine),
-                                        self.moduleHorizontal2(combine)))
+    return (separable_local_conv_loop(first, vertical1, horizontal1)
+            + separable_local_conv_loop(second, vertical2, horizontal2))
 
 
 def estimate(network: TorchSepConvNet, first: torch.Tensor, second: torch.Tensor,
