@@ -11,12 +11,11 @@
 
 Launch (a full run; the README has the whole recipe):
 
-  python -m data.prepare --source ../shared/data/davis_480p --source ../shared/data/videos \\
-      --out ../scratch/davis_tfds
-  python train.py --config default --data ../scratch/davis_tfds --workdir runs/l1 --loss l1
-  python train.py --config default --data ../scratch/davis_tfds --workdir runs/l1 --resume
-  python train.py --config default --data ../scratch/davis_tfds --workdir runs/lf \\
-      --init-from runs/l1/checkpoints/<best step> --loss l1+vgg --nu 1e-5 --vgg-weights vgg19.pth
+  python -m data.prepare --source ../shared/data/davis_480p --source ../shared/data/videos
+  python train.py --config default --loss l1                 # -> runs/default-l1
+  python train.py --config default --loss l1 --resume
+  python train.py --config default --loss l1+vgg --nu 1e-5 --vgg-weights vgg19.pth \
+      --init-from runs/default-l1/checkpoints/<best step>
 
 Flags of `train.py` override single fields (`with_overrides`), so a config here is the whole
 record of a run: it is written to `<workdir>/config.json` and compared on `--resume`.
