@@ -7,12 +7,12 @@ import pathlib
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from data import builder, extract, pipeline, prepare, sources
+from tests import synthetic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PATCH = 48
@@ -23,16 +23,10 @@ CONFIG = builder.make_config(
     validation_fraction=0.5)
 
 
-def _write_source(root: pathlib.Path, frames: int = 5, shift: int = 3) -> pathlib.Path:
-  """Frame folders of a blurred random texture panning `shift` px per frame, 96 x 112."""
-  rng = np.random.default_rng(0)
-  for name in SEQUENCES:
-    texture = cv2.GaussianBlur(
-        rng.integers(0, 256, (96, 112 + shift * frames, 3), dtype=np.uint8), (5, 5), 0)
-    (root / name).mkdir(parents=True)
-    for i in range(frames):
-      cv2.imwrite(str(root / name / f"{i:05d}.png"), texture[:, shift * i:shift * i + 112])
-  return root
+def _write_source(root: pathlib.Path, frames: int = 5) -> pathlib.Path:
+  """Frame folders of a blurred random texture panning 3 px per frame, 96 x 112."""
+  return synthetic.write_panning_sequences(root, SEQUENCES, frames=frames, shift=3, height=96,
+                                           width=112)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from sepconv_jax import load_model
+from tests import synthetic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
@@ -42,18 +43,8 @@ def test_the_default_data_folder_missing_says_how_to_make_it(tmp_path):
   assert not (tmp_path / "runs").exists()
 
 
-def _make_cache(base: pathlib.Path) -> pathlib.Path:
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_tt", REPO_ROOT / "tests" / "test_training.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  source = module._write_source(base / "sources" / "tiny")
-  module.builder.prepare([source], base / "out", module.CACHE_CONFIG, workers=1, progress=False)
-  return base / "out"
-
-
 def test_tiny_run_end_to_end(tmp_path):
-  data = _make_cache(tmp_path / "cache")
+  data = synthetic.prepare_training_cache(tmp_path / "cache")
   workdir = tmp_path / "run"
   done = _run("--config", "tiny", "--data", data, "--workdir", workdir, "--loss", "l2",
               "--steps", 2, "--no-progress")

@@ -3,14 +3,12 @@ kill-safety, fine-tuning and data parallelism on simulated CPU devices."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import cv2
@@ -19,39 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data import builder, extract
 from sepconv_jax import configs, load_model, losses, metrics, training
 from sepconv_jax.model import SepConvConfig
+from tests import synthetic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-PATCH = 48
-SHIFT = 2  # pixels per frame: x0 -> x1 moves 4 px, within the tiny model's 5-tap kernels
-SEQUENCES = ("pan_a", "pan_b", "pan_c", "pan_d")
-CACHE_CONFIG = builder.make_config(
-    extract.ExtractConfig(patch_size=PATCH, patches_tried=8, max_patches=4, flow_scale=1.0,
-                          max_height=None, seed=1),
-    validation_fraction=0.25)
-
-
-def _write_source(root: pathlib.Path, frames: int = 6) -> pathlib.Path:
-  """Frame folders of blurred random textures panning SHIFT px per frame, 64 x 80."""
-  rng = np.random.default_rng(0)
-  for name in SEQUENCES:
-    texture = cv2.GaussianBlur(
-        rng.integers(0, 256, (64, 80 + SHIFT * frames, 3), dtype=np.uint8), (5, 5), 0)
-    (root / name).mkdir(parents=True)
-    for i in range(frames):
-      cv2.imwrite(str(root / name / f"{i:05d}.png"), texture[:, SHIFT * i:SHIFT * i + 80])
-  return root
+SHIFT = synthetic.TRAINING_SHIFT
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> pathlib.Path:
-  base = tmp_path_factory.mktemp("train_cache")
-  source = _write_source(base / "sources" / "tiny")
-  out = base / "out"
-  builder.prepare([source], out, CACHE_CONFIG, workers=1, progress=False)
-  return out
+  return synthetic.prepare_training_cache(tmp_path_factory.mktemp("train_cache"))
 
 
 def tiny(data_dir, **overrides) -> configs.TrainConfig:
