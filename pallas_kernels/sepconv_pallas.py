@@ -74,6 +74,24 @@ def _tile_origin(tile_h: int, tile_w: int):
   return batch, y0, x0
 
 
+def _window_line_sum(image_ref, weights_ref, b, c, y0: int, x0: int, tap, *, along_row: bool,
+                     k: int, tile_h: int, tile_w: int):
+  """One line of every pixel's K x K window, weighted by a per-pixel 1-D kernel map.
+
+  along_row:     sum_j image[c, y+tap, x+j] * weights[j, y, x]   (weights = horizontal)
+  not along_row: sum_i image[c, y+i, x+tap] * weights[i, y, x]   (weights = vertical)
+  The forward pass and both kernel-map gradients are built from this sum.
+  """
+  rows, cols = pl.ds(y0, tile_h), pl.ds(x0, tile_w)
+
+  def over_taps(s, total):
+    dy, dx = (tap, s) if along_row else (s, tap)
+    pixels = image_ref[b, c, pl.ds(y0 + dy, tile_h), pl.ds(x0 + dx, tile_w)].astype(_F32)
+    return total + pixels * weights_ref[b, s, rows, cols].astype(_F32)
+
+  return jax.lax.fori_loop(0, k, over_taps, jnp.zeros((tile_h, tile_w), _F32))
+
+
 def _forward_kernel(image_ref, vertical_ref, horizontal_ref, out_ref, *, k: int, channels: int,
                     tile_h: int, tile_w: int):
   b, y0, x0 = _tile_origin(tile_h, tile_w)
@@ -83,11 +101,8 @@ def _forward_kernel(image_ref, vertical_ref, horizontal_ref, out_ref, *, k: int,
   @pl.loop(0, channels)
   def _(c):
     def over_vertical_taps(i, acc):
-      def over_horizontal_taps(j, row_sum):
-        pixels = image_ref[b, c, pl.ds(y0 + i, tile_h), pl.ds(x0 + j, tile_w)].astype(_F32)
-        return row_sum + pixels * horizontal_ref[b, j, rows, cols].astype(_F32)
-
-      row_sum = jax.lax.fori_loop(0, k, over_horizontal_taps, zeros)
+      row_sum = _window_line_sum(image_ref, horizontal_ref, b, c, y0, x0, i, along_row=True,
+                                 k=k, tile_h=tile_h, tile_w=tile_w)
       return acc + vertical_ref[b, i, rows, cols].astype(_F32) * row_sum
 
     out = jax.lax.fori_loop(0, k, over_vertical_taps, zeros)
@@ -133,12 +148,8 @@ def _backward_kernel_map_kernel(image_ref, other_map_ref, grad_ref, d_map_ref, *
   @pl.loop(0, k)
   def _(tap):  # the output map's tap
     def over_channels(c, acc):
-      def over_other_taps(other, total):
-        dy, dx = (tap, other) if vertical else (other, tap)
-        pixels = image_ref[b, c, pl.ds(y0 + dy, tile_h), pl.ds(x0 + dx, tile_w)].astype(_F32)
-        return total + pixels * other_map_ref[b, other, rows, cols].astype(_F32)
-
-      total = jax.lax.fori_loop(0, k, over_other_taps, zeros)
+      total = _window_line_sum(image_ref, other_map_ref, b, c, y0, x0, tap, along_row=vertical,
+                               k=k, tile_h=tile_h, tile_w=tile_w)
       return acc + grad_ref[b, c, rows, cols].astype(_F32) * total
 
     d_map = jax.lax.fori_loop(0, channels, over_channels, zeros)
