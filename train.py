@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--lr", type=_positive(float), help="AdaMax learning rate")
   p.add_argument("--batch-size", type=_positive(int), help="global batch size")
   p.add_argument("--crop-size", type=_positive(int), help="training crop side (multiple of 32)")
+  p.add_argument("--min-scale", type=float, metavar="S",
+                 help="downscale training patches by a random factor in [S, 1] first (S in (0, 1])")
   length = p.add_mutually_exclusive_group()
   length.add_argument("--epochs", type=_positive(int))
   length.add_argument("--steps", type=_positive(int), help="total steps (instead of --epochs)")
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
     config = configs.get_config(args.config).with_overrides(
         data_dir=args.data, loss=args.loss, nu=args.nu, vgg_weights=args.vgg_weights,
         learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
+        min_scale=args.min_scale,
         epochs=args.epochs, steps=args.steps, steps_per_epoch=args.steps_per_epoch,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
         log_every=args.log_every, seed=args.seed, validation_batches=args.validation_batches,

@@ -4,7 +4,9 @@ Conventions: every batch is a dict of NHWC float32 tensors in [0, 1], RGB; `x0` 
 input frames, `y` the middle frame (the target).
 
 Training (`train_dataset`): read this host's share of the split -> shuffle -> repeat -> per
-example, jointly for the three frames: random `crop_size` square crop, then one of {identity,
+example, jointly for the three frames: with `min_scale` < 1, a random downscale by a factor drawn
+uniformly from [min_scale, 1] (area filter; it shrinks the motion as much as the content, so that
+small-motion footage is better represented), then a random `crop_size` square crop, one of {identity,
 rot90, vertical flip, horizontal flip} with equal probability, then a temporal swap of x0 and x1
 with probability 1/2 -> batch -> prefetch. The crop comes first and is square, because rot90
 swaps height and width.
@@ -105,10 +107,32 @@ def random_temporal_swap(frames: tf.Tensor, seed) -> tf.Tensor:
   return tf.gather(frames, order)
 
 
-def augment(example: dict, seed, crop_size: int = 128) -> dict:
+def random_downscale(frames: tf.Tensor, seed, min_scale: float, min_size: int) -> tf.Tensor:
+  """Frames (3, H, W, C) resized by one random factor in [min_scale, 1] (area filter), float32.
+
+  The factor is raised where needed so that the shorter side stays at least `min_size`.
+  """
+  height, width = tf.shape(frames)[1], tf.shape(frames)[2]
+  shorter = tf.cast(tf.minimum(height, width), tf.float32)
+  low = tf.maximum(tf.constant(min_scale, tf.float32), min_size / shorter)
+  scale = tf.random.stateless_uniform([], seed, minval=0.0, maxval=1.0) * (1.0 - low) + low
+  size = tf.cast(tf.math.ceil(tf.cast(tf.stack([height, width]), tf.float32) * scale), tf.int32)
+  size = tf.maximum(size, min_size)
+  resized = tf.image.resize(tf.cast(frames, tf.float32), size, method="area")
+  # Area sums can overshoot the input range by rounding (255.0001).
+  return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0) -> dict:
   """Training augmentation of one example {"x0", "y", "x1"} (uint8 (H, W, 3)) -> model inputs."""
   seeds = tf.random.experimental.stateless_split(seed, 3)
-  frames = random_crop(stack_frames(example), seeds[0], crop_size)
+  frames = stack_frames(example)
+  if min_scale < 1.0:
+    # A seed of its own (folded in, not a 4th split) keeps the other draws as without scaling.
+    # Resized frames are float32 in [0, 255]; unstack_frames divides by 255 only for uint8.
+    scale_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    frames = random_downscale(frames, scale_seed, min_scale, crop_size) / 255.0
+  frames = random_crop(frames, seeds[0], crop_size)
   frames = random_orientation(frames, seeds[1])
   frames = random_temporal_swap(frames, seeds[2])
   return unstack_frames(frames)
@@ -156,8 +180,11 @@ def read_split(data_dir: str | os.PathLike, split: str, *, process_index: int = 
 def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_size: int = 128,
                   seed: int = 0, process_index: int = 0, process_count: int = 1,
                   shuffle_buffer: int = 1024, threads: int = 2, repeat: bool = True,
-                  split: str = builder.TRAIN, config: str | None = None) -> tf.data.Dataset:
+                  split: str = builder.TRAIN, config: str | None = None,
+                  min_scale: float = 1.0) -> tf.data.Dataset:
   """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`."""
+  if not 0.0 < min_scale <= 1.0:
+    raise ValueError(f"{min_scale=} must be in (0, 1]")
   dataset = read_split(data_dir, split, process_index=process_index,
                        process_count=process_count, shuffle_files=True, seed=seed,
                        drop_remainder=True, config=config)
@@ -168,7 +195,7 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
     dataset = dataset.repeat()
   dataset = dataset.enumerate().map(
       lambda index, example: augment(example, element_seed(seed, process_index, index),
-                                     crop_size),
+                                     crop_size, min_scale),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options(threads))

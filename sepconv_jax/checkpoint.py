@@ -3,8 +3,10 @@
 A model checkpoint is an Orbax composite directory with two items:
   model     the NNX state (parameters) of the network, restored bit-exactly;
   metadata  JSON: the format tag, the `SepConvConfig`, the channel order the weights expect
-            ("BGR" for the published weights, "RGB" for models trained here) and free-form `info`
-            (e.g. where converted weights came from).
+            ("BGR" for the published weights, "RGB" for models trained here), the dtype the
+            parameters are stored in ("float32", or "float16"/"bfloat16" to halve the size of
+            shipped weights; `load_model` always returns float32) and free-form `info` (e.g.
+            where converted weights came from).
 
 Orbax writes into a temporary directory next to the target and renames it when the save is
 complete, so a crash never leaves a half-written checkpoint under the final name. A training loop
@@ -26,6 +28,7 @@ from sepconv_jax.model import SepConvConfig, SepConvNet
 
 FORMAT = "sepconv-jax/1"
 CHANNEL_ORDERS = ("RGB", "BGR")
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 MODEL_ITEM = "model"
 METADATA_ITEM = "metadata"
 
@@ -40,31 +43,39 @@ def _checkpointer() -> ocp.Checkpointer:
 
 
 def make_metadata(config: SepConvConfig, *, channel_order: str,
-                  info: dict[str, Any] | None = None) -> dict[str, Any]:
+                  info: dict[str, Any] | None = None,
+                  storage_dtype: str = "float32") -> dict[str, Any]:
   """The JSON metadata stored next to the parameters."""
   if channel_order not in CHANNEL_ORDERS:
     raise ValueError(f"{channel_order=} must be one of {CHANNEL_ORDERS}")
+  if storage_dtype not in STORAGE_DTYPES:
+    raise ValueError(f"{storage_dtype=} must be one of {STORAGE_DTYPES}")
   return {"format": FORMAT, "config": config.to_dict(), "channel_order": channel_order,
-          "info": dict(info or {})}
+          "storage_dtype": storage_dtype, "info": dict(info or {})}
 
 
 def save_model(path: str | os.PathLike, model: SepConvNet, *, channel_order: str = "RGB",
-               info: dict[str, Any] | None = None, overwrite: bool = False) -> pathlib.Path:
+               info: dict[str, Any] | None = None, overwrite: bool = False,
+               storage_dtype: str = "float32") -> pathlib.Path:
   """Saves `model` and its metadata to the directory `path` (absolute path returned).
 
   Args:
     channel_order: The order of the colour channels the weights expect ("RGB" or "BGR").
     info: Free-form JSON-serialisable facts to keep with the weights (source, step, scores).
     overwrite: Replace an existing checkpoint at `path`; otherwise that is an error.
+    storage_dtype: Dtype of the parameters on disk (`STORAGE_DTYPES`); "float16" halves the size
+      (21.7M parameters: 43 MB instead of 87 MB) and rounds each weight to 11 significant bits.
   """
   path = pathlib.Path(path).absolute()
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-  metadata = make_metadata(model.config, channel_order=channel_order, info=info)
+  metadata = make_metadata(model.config, channel_order=channel_order, info=info,
+                           storage_dtype=storage_dtype)
+  state = jax.tree.map(lambda leaf: leaf.astype(storage_dtype), nnx.state(model))
   _checkpointer().save(
       path,
       args=ocp.args.Composite(**{
-          MODEL_ITEM: ocp.args.StandardSave(nnx.state(model)),
+          MODEL_ITEM: ocp.args.StandardSave(state),
           METADATA_ITEM: ocp.args.JsonSave(metadata),
       }),
       force=overwrite)
@@ -95,19 +106,27 @@ def abstract_model(config: SepConvConfig) -> SepConvNet:
 def load_model(path: str | os.PathLike) -> tuple[SepConvNet, dict[str, Any]]:
   """Loads a checkpoint written by `save_model`; returns (model, metadata).
 
-  `metadata["channel_order"]` says which channel order the model's frames must be in.
+  `metadata["channel_order"]` says which channel order the model's frames must be in. Parameters
+  stored in a narrower dtype come back as the network's own (float32).
   """
   path = pathlib.Path(path).absolute()
   metadata = read_metadata(path)
   config = SepConvConfig.from_dict(metadata["config"])
+  # Older checkpoints (and training steps) have no storage_dtype: they are float32.
+  storage_dtype = metadata.get("storage_dtype", "float32")
+  if storage_dtype not in STORAGE_DTYPES:
+    raise CheckpointError(f"{path}: unknown storage dtype {storage_dtype!r}")
   graphdef, abstract_state = nnx.split(abstract_model(config))
   # Restore onto the default device, whatever the machine that saved it used.
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(
-      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract_state)
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, storage_dtype, sharding=sharding),
+      abstract_state)
   try:
     restored = _checkpointer().restore(
         path, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(target)}))
   except Exception as error:
     raise CheckpointError(f"cannot restore model parameters from {path}: {error}") from error
-  return nnx.merge(graphdef, restored[MODEL_ITEM]), metadata
+  params = jax.tree.map(lambda stored, leaf: stored.astype(leaf.dtype), restored[MODEL_ITEM],
+                        abstract_state)
+  return nnx.merge(graphdef, params), metadata

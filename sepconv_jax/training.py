@@ -553,7 +553,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
   dataset = pipeline.train_dataset(
       data_dir, batch_size=local_batch, crop_size=config.crop_size, seed=config.seed,
       process_index=jax.process_index(), process_count=hosts,
-      shuffle_buffer=config.shuffle_buffer, threads=config.data_threads)
+      shuffle_buffer=config.shuffle_buffer, threads=config.data_threads,
+      min_scale=config.min_scale)
   # The data position: the pipeline is deterministic, so skipping the consumed batches puts the
   # resumed run exactly where the interrupted one stopped.
   batches = dataset.skip(start_step).as_numpy_iterator()
@@ -614,6 +615,9 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
         if flushed is not None:
           step_time = window_times[-1] if window_steps else first_step_s
           bar.set_postfix(loss=f"{flushed[0]:.4f}", s_per_step=f"{step_time:.2f}", refresh=False)
+          if bar.disable and is_main:  # no bar (logs, nohup): one plain line per log interval
+            print(f"step {step}/{total_steps}: loss {flushed[1]:.4f} (mean since last line), "
+                  f"{step_time:.2f} s/step", flush=True)
           writer.scalar("train/step_time_s", step_time, step)
           writer.scalar("train/peak_rss_mb", _peak_rss_mb(), step)
         bar.update(step - bar.n)

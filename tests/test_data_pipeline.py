@@ -147,3 +147,49 @@ def test_augmentation_refuses_non_square_frames_for_rot90():
   frames = tf.zeros([3, 32, 40, 3], tf.uint8)
   with pytest.raises(ValueError, match="square"):
     pipeline.random_orientation(frames, SEEDS[0])
+
+
+def test_random_downscale_shrinks_motion_with_content():
+  """Scaled by s, the moving square's 10 px step becomes 10 s px; y stays halfway; values stay in
+  [0, 1]; the shorter side never drops below the crop."""
+  big = 80
+  frames = []
+  for t in range(3):
+    frame = np.zeros((big, big, 3), np.uint8)
+    frame[30:46, 10 + 10 * t:26 + 10 * t] = 255
+    frames.append(frame)
+  example = dict(zip(pipeline.FRAMES, frames))
+  steps = []
+  for i in range(24):
+    seed = pipeline.element_seed(1, 0, i)
+    scaled = pipeline.random_downscale(pipeline.stack_frames(example), seed, 0.5, CROP).numpy()
+    size = scaled.shape[1]
+    assert scaled.shape[1:] == (size, size, 3) and 40 <= size <= big
+    assert scaled.min() >= 0.0 and scaled.max() <= 255.0
+    x = [np.average(np.arange(size), weights=f.mean(axis=(0, 2))) for f in scaled]
+    np.testing.assert_allclose(x[1], (x[0] + x[2]) / 2, atol=0.05)  # area filter: sub-px error
+    np.testing.assert_allclose(x[2] - x[0], 20 * size / big, rtol=0.03)
+    steps.append(size)
+    out = _numpy(pipeline.augment(example, seed, CROP, min_scale=0.5))
+    assert out["y"].shape == (CROP, CROP, 3) and out["y"].dtype == np.float32
+    assert 0.0 <= out["y"].min() and out["y"].max() <= 1.0
+  assert len(set(steps)) > 5  # the factor really varies
+  # The floor: never below the crop (here 32 of 40 px even though 0.1 is asked for).
+  small = pipeline.random_downscale(pipeline.stack_frames(_coordinate_triplet()), SEEDS[0], 0.1,
+                                    CROP)
+  assert small.shape[1] >= CROP
+
+
+def test_augment_without_scaling_is_unchanged_by_the_scale_option():
+  example = _coordinate_triplet()
+  for seed in SEEDS[:4]:
+    a = _numpy(pipeline.augment(example, seed, CROP))
+    b = _numpy(pipeline.augment(example, seed, CROP, min_scale=1.0))
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("min_scale", [0.0, -0.5, 1.5])
+def test_train_dataset_rejects_bad_min_scale(min_scale):
+  with pytest.raises(ValueError, match="min_scale"):
+    pipeline.train_dataset("unused", min_scale=min_scale)

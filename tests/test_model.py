@@ -184,3 +184,47 @@ def test_checkpoint_errors(tmp_path, tiny_model):
   (tmp_path / "empty").mkdir()
   with pytest.raises(checkpoint.CheckpointError):
     checkpoint.load_model(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("storage_dtype", ["float16", "bfloat16"])
+def test_checkpoint_narrow_storage_loads_as_float32(tmp_path, tiny_model, storage_dtype):
+  path = checkpoint.save_model(tmp_path / "ckpt", tiny_model, storage_dtype=storage_dtype)
+  restored, metadata = checkpoint.load_model(path)
+  assert metadata["storage_dtype"] == storage_dtype
+  for a, b in zip(jax.tree.leaves(nnx.state(tiny_model)), jax.tree.leaves(nnx.state(restored))):
+    assert b.dtype == jnp.float32
+    np.testing.assert_array_equal(b, a.astype(storage_dtype).astype(jnp.float32))
+  with pytest.raises(ValueError, match="storage_dtype"):
+    checkpoint.save_model(tmp_path / "other", tiny_model, storage_dtype="int8")
+
+
+def test_export_keeps_metadata_and_halves_the_size(tmp_path):
+  from sepconv_jax import export  # pylint: disable=import-outside-toplevel
+  # Big enough (about 1.4M parameters) that the arrays, not per-file overheads, dominate the size.
+  model = SepConvNet(SepConvConfig.scaled(0.25, kernel_size=5), rngs=nnx.Rngs(1))
+  source = checkpoint.save_model(tmp_path / "source", model, info={"step": 12})
+  assert export.main([str(source), str(tmp_path / "out"), "--info", '{"psnr": 30.5}']) == 0
+  restored, metadata = checkpoint.load_model(tmp_path / "out")
+  assert metadata["storage_dtype"] == "float16" and metadata["channel_order"] == "RGB"
+  assert metadata["info"]["step"] == 12 and metadata["info"]["psnr"] == 30.5
+  assert metadata["info"]["exported_from"] == str(source)
+  frame0, frame1 = _frames((1, 32, 32, 3))
+  np.testing.assert_allclose(_forward(restored, frame0, frame1)[0],
+                             _forward(model, frame0, frame1)[0], atol=2e-3)
+  # Parameter bytes on disk: float16 is half of float32 (plus fixed-size metadata files).
+  def array_bytes(path):
+    return sum(f.stat().st_size for f in (path / "model").rglob("*") if f.is_file())
+  assert array_bytes(tmp_path / "out") < 0.55 * array_bytes(source)
+
+
+def test_export_errors_are_one_line(tmp_path, tiny_model, capsys):
+  from sepconv_jax import export  # pylint: disable=import-outside-toplevel
+  assert export.main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
+  assert "error: no checkpoint directory" in capsys.readouterr().err
+  source = checkpoint.save_model(tmp_path / "source", tiny_model)
+  assert export.main([str(source), str(source)]) == 1
+  assert "already exists" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_info:
+    export.main([str(source), str(tmp_path / "out"), "--info", "[1, 2]"])
+  assert exit_info.value.code == 2 and "JSON object" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()

@@ -52,6 +52,11 @@ def test_configs():
     default.with_overrides(loss="l3")
   with pytest.raises(ValueError, match="multiple of 32"):
     default.with_overrides(crop_size=100)
+  with pytest.raises(ValueError, match="min_scale"):
+    default.with_overrides(min_scale=0.0)
+  cpu = configs.get_config("cpu")  # the shipped model's recipe
+  assert (cpu.batch_size, cpu.crop_size, cpu.min_scale, cpu.learning_rate) == (16, 64, 0.5, 1e-4)
+  assert cpu.model == SepConvConfig(frame_average_init=True)
 
 
 def test_metrics_match_numpy_and_skimage():
