@@ -24,7 +24,7 @@ import dataclasses
 import os
 import sys
 
-CONFIGS = ("default", "frame_average", "tiny")  # mirrors sepconv_jax.configs.CONFIGS
+CONFIGS = ("default", "frame_average", "cpu", "tiny")  # mirrors sepconv_jax.configs.CONFIGS
 LOSSES = ("l1", "l2", "ssim", "vgg", "l1+vgg")  # mirrors sepconv_jax.losses.LOSSES
 EXIT_USAGE = 2
 

@@ -63,3 +63,13 @@ def test_tiny_run_end_to_end(tmp_path):
   empty = _run("--config", "tiny", "--data", tmp_path / "empty", "--workdir", tmp_path / "x")
   assert empty.returncode == 1 and "error: no prepared" in empty.stderr
   assert "Traceback" not in empty.stderr + again.stderr
+
+
+def test_config_choices_mirror_the_library():
+  """train.py lists the config names itself (its --help must not import jax): keep them in step."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  from sepconv_jax import configs  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "train.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  assert tuple(script.CONFIGS) == tuple(configs.CONFIGS)
