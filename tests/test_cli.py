@@ -188,9 +188,8 @@ def test_video_end_to_end_on_a_real_clip(real_clip, tiny_model, tmp_path):
   assert not leftovers(tmp_path, allowed=[out.name])
 
 
-def test_pair_end_to_end_on_a_shared_sample_x4(shared_data, tiny_model, tmp_path):
-  folder = shared_data / "sample_pairs" / "rife_demo"
-  first, second = folder / "I0_0.png", folder / "I0_1.png"
+def test_pair_end_to_end_on_the_shipped_sample_x4(tiny_model, tmp_path):
+  first, second = REPO_ROOT / "samples" / "street_0.png", REPO_ROOT / "samples" / "street_1.png"
   out = tmp_path / "middle.png"
   result = run_script("--pair", first, second, "--out", out, "--model", tiny_model,
                       "--factor", 4)
@@ -203,6 +202,12 @@ def test_pair_end_to_end_on_a_shared_sample_x4(shared_data, tiny_model, tmp_path
     blend = (1 - j / 4) * frame0.astype(np.float64) + j / 4 * frame1
     assert mean_error(frame, blend) < 1.5, j
   assert leftovers(tmp_path) == ["middle_1.png", "middle_2.png", "middle_3.png"]
+
+
+def test_the_shipped_clip_is_what_the_readme_says():
+  clip = probe(REPO_ROOT / "samples" / "car-turn.mp4")
+  assert len(clip["frames"]) == 81 and clip["rate"] == 25
+  assert clip["frames"][0].shape == (360, 640, 3)
 
 
 def test_script_errors_are_one_line(tmp_path):
