@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--vgg-weights", metavar="FILE",
                  help="local ImageNet VGG-19 weights (.pth or .npz) for the vgg losses")
   p.add_argument("--lr", type=_positive(float), help="AdaMax learning rate")
+  p.add_argument("--warmup-steps", type=int, metavar="N",
+                 help="ramp the learning rate up linearly over the first N steps")
   p.add_argument("--batch-size", type=_positive(int), help="global batch size")
   p.add_argument("--crop-size", type=_positive(int), help="training crop side (multiple of 32)")
   p.add_argument("--min-scale", type=float, metavar="S",
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
     config = configs.get_config(args.config).with_overrides(
         data_dir=args.data, loss=args.loss, nu=args.nu, vgg_weights=args.vgg_weights,
         learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
-        min_scale=args.min_scale,
+        min_scale=args.min_scale, warmup_steps=args.warmup_steps,
         epochs=args.epochs, steps=args.steps, steps_per_epoch=args.steps_per_epoch,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
         log_every=args.log_every, seed=args.seed, validation_batches=args.validation_batches,

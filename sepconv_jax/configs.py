@@ -6,12 +6,13 @@
   frame_average   `default` with the network started at frame averaging and lr 2e-4, which on this
                   project's CPU runs trained far better in the first hundreds of steps than the
                   plain start (../shared/notes/REFERENCE.md, section 6).
-  cpu             the recipe for a CPU budget: `frame_average` with lr 1e-4, batch 16 of 64x64
-                  crops taken after a random downscale in [0.5, 1] (more, shorter steps for the
-                  same pixels), validation every 200 steps, a checkpoint every 100, on patches
-                  kept whatever their motion (`python -m data.prepare --keep-floor 1 --out
-                  datasets/davis_natural`): on the motion-selected default cache the network's
-                  score on natural footage first falls below frame averaging (see the README).
+  cpu             the recipe for a CPU budget: `frame_average` with the paper's lr 1e-3, reached
+                  by a 200-step warm-up; batch 16 of 64x64 crops taken after a random downscale
+                  in [0.5, 1] (more, shorter steps for the same pixels); validation every 200
+                  steps, a checkpoint every 100; on patches kept whatever their motion
+                  (`python -m data.prepare --keep-floor 1 --out datasets/davis_natural`): on the
+                  motion-selected default cache the network's score on natural footage first
+                  falls below frame averaging (see the README).
   tiny            a few-thousand-parameter network (K = 5), batch 4 of 32x32 crops, short epochs:
                   for tests and laptops.
 
@@ -49,6 +50,8 @@ class TrainConfig:
     loss: One of `sepconv_jax.losses.LOSSES`; `nu` weights the VGG term of "l1+vgg" and
       `vgg_weights` is the local VGG-19 weights file the "vgg" losses need.
     learning_rate, b1, b2, eps: AdaMax (`optax.adamax`), constant learning rate as in the paper.
+    warmup_steps: The learning rate ramps up linearly from 0 over this many steps first (0: no
+      ramp; see `sepconv_jax.training.adamax` for why a ramp matters).
     batch_size: Global batch (all devices and hosts together); a multiple of the device count.
     crop_size: Side of the square random training crops (and of the centre validation crops).
     min_scale: Training patches are first downscaled by a random factor in [min_scale, 1]
@@ -76,6 +79,7 @@ class TrainConfig:
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
+  warmup_steps: int = 0
   batch_size: int = 16
   crop_size: int = 128
   min_scale: float = 1.0
@@ -104,6 +108,8 @@ class TrainConfig:
     for name in positive:
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    if self.warmup_steps < 0:
+      raise ValueError(f"warmup_steps must not be negative, got {self.warmup_steps}")
     for name in ("steps", "steps_per_epoch", "validation_batches"):
       value = getattr(self, name)
       if value is not None and value < 1:
@@ -148,7 +154,8 @@ def _frame_average() -> TrainConfig:
 def _cpu() -> TrainConfig:
   return _frame_average().with_overrides(
       data_dir="datasets/davis_natural", prepare_flags="--keep-floor 1",
-      learning_rate=1e-4, batch_size=16, crop_size=64, min_scale=0.5, steps=20000,
+      learning_rate=1e-3, warmup_steps=200, batch_size=16, crop_size=64, min_scale=0.5,
+      steps=20000,
       steps_per_epoch=200, checkpoint_every=100, keep_checkpoints=40, validation_batches=8,
       num_samples=1)
 

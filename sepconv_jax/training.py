@@ -107,8 +107,27 @@ class TrainState:
   rng: jax.Array  # raw uint32[2] PRNG key
 
 
+def adamax(learning_rate: float, b1: float, b2: float, eps: float,
+           warmup_steps: int = 0) -> optax.GradientTransformation:
+  """AdaMax at a constant `learning_rate`, reached by a linear ramp from 0 over `warmup_steps`.
+
+  Why the ramp: AdaMax divides by a running max of |gradient|, so its first update moves every
+  weight by the full learning rate, in the sign of its gradient; at 1e-3 that one step throws a
+  network started at frame averaging far from any image. The ramp lets the running max settle
+  first. Without warm-up the learning rate is a plain float (and the optimizer state has no step
+  count), as in earlier checkpoints.
+  """
+  schedule = (optax.linear_schedule(0.0, learning_rate, warmup_steps) if warmup_steps
+              else learning_rate)
+  return optax.adamax(schedule, b1=b1, b2=b2, eps=eps)
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  return optax.adamax(config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps)
+  return adamax(*_adamax_settings(config))
+
+
+def _adamax_settings(config: TrainConfig) -> tuple:
+  return (config.learning_rate, config.b1, config.b2, config.eps, config.warmup_steps)
 
 
 # The initialisation is a one-off program of random draws: XLA's optimisation passes cost far more
@@ -204,11 +223,10 @@ def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
 
 
 @functools.lru_cache(maxsize=16)
-def _step_functions(graphdef: nnx.GraphDef, loss_fn: losses.Loss, adamax: tuple, mesh):
+def _step_functions(graphdef: nnx.GraphDef, loss_fn: losses.Loss, adamax_settings: tuple, mesh):
   """(train step, eval step), cached so that runs of one configuration in a process (tests,
   sweeps) compile them once."""
-  learning_rate, b1, b2, eps = adamax
-  optimizer = optax.adamax(learning_rate, b1=b1, b2=b2, eps=eps)
+  optimizer = adamax(*adamax_settings)
   return make_train_step(graphdef, loss_fn, optimizer, mesh), make_eval_step(graphdef, mesh)
 
 
@@ -551,7 +569,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     (workdir / "config.json").write_text(config.to_json())
 
   train_step_fn, eval_step_fn = _step_functions(
-      graphdef, loss_fn, (config.learning_rate, config.b1, config.b2, config.eps), mesh)
+      graphdef, loss_fn, _adamax_settings(config), mesh)
   dataset = pipeline.train_dataset(
       data_dir, batch_size=local_batch, crop_size=config.crop_size, seed=config.seed,
       process_index=jax.process_index(), process_count=hosts,

@@ -51,7 +51,7 @@ def test_tiny_run_end_to_end(tmp_path):
   data = synthetic.prepare_training_cache(tmp_path / "cache")
   workdir = tmp_path / "run"
   done = _run("--config", "tiny", "--data", data, "--workdir", workdir, "--loss", "l2",
-              "--steps", 2, "--min-scale", 0.9, "--no-progress")
+              "--steps", 2, "--min-scale", 0.9, "--warmup-steps", 2, "--no-progress")
   assert done.returncode == 0, done.stderr[-2000:]
   assert "trained to step 2" in done.stdout
   assert "step 1/2: loss" in done.stdout  # without a bar: one plain line per log interval

@@ -55,7 +55,10 @@ def test_configs():
   with pytest.raises(ValueError, match="min_scale"):
     default.with_overrides(min_scale=0.0)
   cpu = configs.get_config("cpu")  # the shipped model's recipe
-  assert (cpu.batch_size, cpu.crop_size, cpu.min_scale, cpu.learning_rate) == (16, 64, 0.5, 1e-4)
+  assert (cpu.batch_size, cpu.crop_size, cpu.min_scale) == (16, 64, 0.5)
+  assert (cpu.learning_rate, cpu.warmup_steps) == (1e-3, 200)
+  with pytest.raises(ValueError, match="warmup_steps"):
+    default.with_overrides(warmup_steps=-1)
   assert cpu.model == SepConvConfig(frame_average_init=True)
 
 
@@ -178,7 +181,8 @@ def test_full_run_writes_checkpoints_samples_and_events(data_dir, tmp_path):
 
 
 def test_resume_is_bit_exact(data_dir, tmp_path):
-  config = tiny(data_dir, steps_per_epoch=3, checkpoint_every=2, num_samples=0)
+  # With a warm-up spanning the resume point: the schedule's step count must be restored too.
+  config = tiny(data_dir, steps_per_epoch=3, checkpoint_every=2, num_samples=0, warmup_steps=4)
   straight = training.train(config.with_overrides(steps=5), tmp_path / "a", progress=False)
   first = training.train(config.with_overrides(steps=3), tmp_path / "b", progress=False)
   assert first.step == 3
@@ -309,3 +313,21 @@ def test_one_step_on_four_devices_matches_one_device(tmp_path):
                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "OK" in done.stdout
+
+
+def test_adamax_warm_up_ramps_the_step_size():
+  """Without warm-up AdaMax's first step moves every weight by the full learning rate (the sign
+  of its gradient); with it, step k moves by k/warmup of it, up to the full rate."""
+  params = {"w": jnp.zeros(4)}
+  grads = {"w": jnp.array([1e-9, -2.0, 3.0, -4e3])}
+  plain = training.adamax(1e-3, 0.9, 0.999, 1e-12)
+  updates, _ = plain.update(grads, plain.init(params), params)
+  np.testing.assert_allclose(updates["w"], -1e-3 * np.sign(grads["w"]), rtol=1e-3)
+  ramped = training.adamax(1e-3, 0.9, 0.999, 1e-12, warmup_steps=10)
+  state = ramped.init(params)
+  sizes = []
+  for _ in range(12):
+    updates, state = ramped.update(grads, state, params)
+    sizes.append(float(jnp.abs(updates["w"][2])))
+  np.testing.assert_allclose(sizes[:11], [1e-4 * k for k in range(11)], atol=1e-9)
+  assert sizes[11] == pytest.approx(1e-3, rel=1e-5)
