@@ -155,9 +155,8 @@ def _cpu() -> TrainConfig:
   return _frame_average().with_overrides(
       data_dir="datasets/davis_natural", prepare_flags="--keep-floor 1",
       learning_rate=1e-3, warmup_steps=200, batch_size=16, crop_size=64, min_scale=0.5,
-      steps=20000,
-      steps_per_epoch=200, checkpoint_every=100, keep_checkpoints=40, validation_batches=8,
-      num_samples=1)
+      steps=20000, steps_per_epoch=200, checkpoint_every=100, keep_checkpoints=40,
+      validation_batches=8, num_samples=1)
 
 
 def _tiny() -> TrainConfig:

@@ -1,7 +1,7 @@
 """Exports a trained checkpoint as a compact model for shipping (no optimizer state, float16).
 
   python -m sepconv_jax.export runs/default-l1/checkpoints/2000 sepconv_jax/weights/default \\
-      --dtype float16 --info '{"ucf101_psnr": 34.5}'
+      --dtype float16 --info '{"data": "DAVIS 480p + shared clips"}'
 
 The source is any checkpoint `sepconv_jax.checkpoint.load_model` reads: a training step directory
 (its optimizer state is left behind) or a model written by `save_model` / `convert`. The export
