@@ -6,13 +6,13 @@
   frame_average   `default` with the network started at frame averaging and lr 2e-4, which on this
                   project's CPU runs trained far better in the first hundreds of steps than the
                   plain start (../shared/notes/REFERENCE.md, section 6).
-  cpu             the recipe for a CPU budget: `frame_average` with the paper's lr 1e-3, reached
+  cpu             the recipe for a CPU budget: `frame_average` with kernel normalisation (each
+                  output pixel a weighted mean, as in SepConv++) and the paper's lr 1e-3, reached
                   by a 200-step warm-up; batch 16 of 64x64 crops taken after a random downscale
-                  in [0.5, 1] (more, shorter steps for the same pixels); validation every 200
-                  steps, a checkpoint every 100; on patches kept whatever their motion
-                  (`python -m data.prepare --keep-floor 1 --out datasets/davis_natural`): on the
-                  motion-selected default cache the network's score on natural footage first
-                  falls below frame averaging (see the README).
+                  in [0.5, 1] (more, shorter steps for the same pixels; smaller motion, closer to
+                  UCF101's); validation every 200 steps, a checkpoint every 100. The first recipe
+                  of this project's CPU runs to beat frame averaging on the held-out DAVIS
+                  sequences (see the README).
   tiny            a few-thousand-parameter network (K = 5), batch 4 of 32x32 crops, short epochs:
                   for tests and laptops.
 
@@ -20,8 +20,6 @@ Launch (a full run; the README has the whole recipe):
 
   python -m data.prepare --source ../shared/data/davis_480p --source ../shared/data/videos
   python train.py --config default --loss l1                 # -> runs/default-l1
-  python -m data.prepare --source ../shared/data/davis_480p --source ../shared/data/videos \
-      --keep-floor 1 --out datasets/davis_natural
   python train.py --config cpu --loss l1 --steps 3000        # -> runs/cpu-l1
   python train.py --config default --loss l1 --resume
   python train.py --config default --loss l1+vgg --nu 1e-5 --vgg-weights vgg19.pth \
@@ -60,8 +58,6 @@ class TrainConfig:
       `steps_per_epoch` steps (by default the training split's size // batch_size).
     seed: Fixes the initialisation, the data order and augmentation, and the state's RNG.
     data_dir: The prepared `sepconv_triplets` cache (`python -m data.prepare`).
-    prepare_flags: The `python -m data.prepare` options (besides --source and --out) that build
-      the cache this recipe expects; error messages repeat them when the cache is missing.
     checkpoint_every: Save every this many steps (besides each epoch end and the last step).
     keep_checkpoints: How many of the latest checkpoints to keep; the best by validation PSNR is
       kept as well.
@@ -88,7 +84,6 @@ class TrainConfig:
   steps_per_epoch: int | None = None
   seed: int = 0
   data_dir: str | None = "datasets/davis_tfds"  # python -m data.prepare's default --out
-  prepare_flags: str = ""
   checkpoint_every: int = 1000
   keep_checkpoints: int = 3
   log_every: int = 10
@@ -153,7 +148,7 @@ def _frame_average() -> TrainConfig:
 
 def _cpu() -> TrainConfig:
   return _frame_average().with_overrides(
-      data_dir="datasets/davis_natural", prepare_flags="--keep-floor 1",
+      model=SepConvConfig(frame_average_init=True, kernel_normalisation=True),
       learning_rate=1e-3, warmup_steps=200, batch_size=16, crop_size=64, min_scale=0.5,
       steps=20000, steps_per_epoch=200, checkpoint_every=100, keep_checkpoints=40,
       validation_batches=8, num_samples=1)

@@ -503,9 +503,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
                         "python -m data.prepare)")
   data_dir = os.fspath(config.data_dir)
   if not pathlib.Path(data_dir).is_dir():
-    flags = f" {config.prepare_flags}" if config.prepare_flags else ""
     raise TrainingError(f"no prepared training data at {data_dir}: build it with "
-                        f"`python -m data.prepare --source DIR{flags} --out {data_dir}` or pass "
+                        f"`python -m data.prepare --source DIR --out {data_dir}` or pass "
                         "--data")
   cache = builder.load_builder(data_dir)  # raises CacheError without a prepared dataset
   if builder.TRAIN not in cache.info.splits:

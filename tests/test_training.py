@@ -59,7 +59,8 @@ def test_configs():
   assert (cpu.learning_rate, cpu.warmup_steps) == (1e-3, 200)
   with pytest.raises(ValueError, match="warmup_steps"):
     default.with_overrides(warmup_steps=-1)
-  assert cpu.model == SepConvConfig(frame_average_init=True)
+  assert cpu.model == SepConvConfig(frame_average_init=True, kernel_normalisation=True)
+  assert cpu.data_dir == default.data_dir  # the default (motion-selected) cache
 
 
 def test_metrics_match_numpy_and_skimage():
