@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from sepconv_jax import benchmark, evaluation, media, metrics
+from sepconv_jax import benchmark, evaluation, interpolator, media, metrics
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -255,7 +255,8 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys, argv, needle):
   assert line.startswith("error: ") and needle in line
 
 
-def test_cli_without_a_default_model(tmp_path, capsys, ucf_root):
+def test_cli_without_a_default_model(tmp_path, capsys, ucf_root, monkeypatch):
+  monkeypatch.setattr(interpolator, "DEFAULT_MODEL_DIR", tmp_path / "no_default")
   _ucf_folder(tmp_path, ucf_root, ["1"], masks=False)
   assert benchmark.main(["--dataset", "ucf101", "--root", os.fspath(tmp_path)]) == 1
   (line,) = _error_lines(capsys)

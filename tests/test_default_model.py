@@ -1,0 +1,66 @@
+"""The shipped default model: it loads offline, is the published architecture, has learned motion,
+and the README's first command runs with it."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sepconv_jax
+from sepconv_jax import SepConvConfig, media, read_metadata
+from sepconv_jax.interpolator import DEFAULT_MODEL_DIR, Interpolator
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+STREET = ROOT / "samples" / "street_0.png"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_interpolator():
+  return Interpolator.default()
+
+
+def _psnr(image, reference):
+  error = np.mean((np.asarray(image, np.float64) - reference) ** 2)
+  return 10 * np.log10(255.0 ** 2 / error)
+
+
+def test_the_default_model_is_small_full_width_and_documented():
+  size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file())
+  assert size < 45e6, size  # float16 storage
+  config = SepConvConfig.from_dict(read_metadata(DEFAULT_MODEL_DIR)["config"])
+  assert config.channels == SepConvConfig().channels and config.kernel_size == 51
+  assert (DEFAULT_MODEL_DIR.parent / "MODEL_CARD.md").is_file()
+  assert sepconv_jax.Interpolator is Interpolator  # the README's `from sepconv_jax import ...`
+
+
+@pytest.mark.parametrize("shift", [3, 4])
+def test_the_default_model_follows_motion_that_averaging_ghosts(default_interpolator, shift):
+  """A real image moving `shift` pixels per frame: the middle frame is known exactly, and frame
+  averaging shows a double image that a model which has learned motion must beat clearly."""
+  image = media.read_image(STREET)
+  crop = lambda offset: image[64:192, 160 + offset:288 + offset]
+  first, middle, second = crop(0), crop(shift), crop(2 * shift)
+  average = np.round((first.astype(np.float32) + second) / 2)
+  prediction = default_interpolator(first, second)
+  assert prediction.dtype == np.uint8 and prediction.shape == first.shape
+  assert _psnr(prediction, middle) > _psnr(average, middle) + 1.0
+
+
+def test_readme_first_command_interpolates_the_shipped_pair(tmp_path):
+  out = tmp_path / "middle.png"
+  done = subprocess.run([sys.executable, "interpolate.py", "--pair", "samples/street_0.png",
+                         "samples/street_1.png", "--out", out], cwd=ROOT, capture_output=True,
+                        text=True, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  middle = media.read_image(out)
+  first, second = (media.read_image(ROOT / "samples" / f"street_{i}.png") for i in (0, 1))
+  assert middle.shape == first.shape
+  # Between its inputs, and not simply one of them.
+  assert np.abs(middle.astype(float) - first).mean() > 0.5
+  assert np.abs(middle.astype(float) - second).mean() > 0.5
