@@ -1,9 +1,9 @@
 """SepConv video frame interpolation in JAX/Flax NNX.
 
-`Interpolator` runs a model on arrays (jit-compiled, any frame size). The network and its configuration (`SepConvNet`, `SepConvConfig`), the padding policies that make
-any frame size work (`sepconv_jax.padding`) and checkpoints with their metadata
-(`save_model`, `load_model`). Conventions (layout, value range, channel order) are in
-`sepconv_jax.model`'s docstring.
+`Interpolator` runs a model on arrays (jit-compiled, any frame size). The network and its
+configuration (`SepConvNet`, `SepConvConfig`), the padding policies that make any frame size work
+(`sepconv_jax.padding`) and checkpoints with their metadata (`save_model`, `load_model`).
+Conventions (layout, value range, channel order) are in `sepconv_jax.model`'s docstring.
 """
 
 from sepconv_jax.checkpoint import CheckpointError, load_model, read_metadata, save_model

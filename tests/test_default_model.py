@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import sepconv_jax
-from sepconv_jax import SepConvConfig, media, read_metadata
+from sepconv_jax import SepConvConfig, evaluation, media, read_metadata
 from sepconv_jax.interpolator import DEFAULT_MODEL_DIR, Interpolator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -23,11 +23,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def default_interpolator():
   return Interpolator.default()
-
-
-def _psnr(image, reference):
-  error = np.mean((np.asarray(image, np.float64) - reference) ** 2)
-  return 10 * np.log10(255.0 ** 2 / error)
 
 
 def test_the_default_model_is_small_full_width_and_documented():
@@ -46,10 +41,10 @@ def test_the_default_model_follows_motion_that_averaging_ghosts(default_interpol
   image = media.read_image(STREET)
   crop = lambda offset: image[64:192, 160 + offset:288 + offset]
   first, middle, second = crop(0), crop(shift), crop(2 * shift)
-  average = np.round((first.astype(np.float32) + second) / 2)
+  average = evaluation.average_baseline(first, second)
   prediction = default_interpolator(first, second)
   assert prediction.dtype == np.uint8 and prediction.shape == first.shape
-  assert _psnr(prediction, middle) > _psnr(average, middle) + 1.0
+  assert evaluation.psnr(prediction, middle) > evaluation.psnr(average, middle) + 1.0
 
 
 def test_readme_first_command_interpolates_the_shipped_pair(tmp_path):
