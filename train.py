@@ -2,12 +2,14 @@
 
   python train.py --data ../scratch/davis_tfds --workdir runs/l1                   # the paper
   python train.py --data ../scratch/davis_tfds --workdir runs/l1 --resume          # continue
+  python train.py --data ../scratch/davis_tfds --workdir runs/l1 --resume \
+      --decay 3000:4000 --steps 4000                                  # ... and anneal the end
   python train.py --data ../scratch/davis_tfds --workdir runs/lf --loss l1+vgg --nu 1e-5 \\
       --vgg-weights vgg19-dcbb9e9d.pth --init-from runs/l1/checkpoints/STEP        # fine-tune
 
 Configs (`sepconv_jax.configs`): default (batch 16, 128x128 crops, AdaMax lr 1e-3, L1),
-frame_average (start at frame averaging, lr 2e-4) and tiny (tests, laptops); flags override
-single fields. The work directory receives checkpoints/<step>/ (each loadable with
+frame_average (start at frame averaging, lr 2e-4), cpu (the shipped model's recipe) and tiny
+(tests, laptops); flags override single fields. The work directory receives checkpoints/<step>/ (each loadable with
 `sepconv_jax.load_model`), tensorboard/ event files, samples/<step>/ images and config.json.
 
 Several hosts: start the same command on every host with --distributed (coordinator address,
@@ -46,6 +48,16 @@ def _positive(kind):
   return parse
 
 
+def _decay_range(text: str) -> tuple[int, int]:
+  start, sep, end = text.partition(":")
+  try:
+    if sep:
+      return int(start), int(end)
+  except ValueError:
+    pass
+  raise argparse.ArgumentTypeError(f"expected START:END steps, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="train.py", description=__doc__.split("\n\n")[0],
               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--lr", type=_positive(float), help="AdaMax learning rate")
   p.add_argument("--warmup-steps", type=int, metavar="N",
                  help="ramp the learning rate up linearly over the first N steps")
+  p.add_argument("--decay", type=_decay_range, metavar="START:END",
+                 help="cosine-decay the learning rate from step START to --final-lr at step END "
+                      "(may be added when resuming, if START is still ahead)")
+  p.add_argument("--final-lr", type=float, metavar="LR",
+                 help="learning rate at the end of --decay (default 1e-5)")
   p.add_argument("--batch-size", type=_positive(int), help="global batch size")
   p.add_argument("--crop-size", type=_positive(int), help="training crop side (multiple of 32)")
   p.add_argument("--min-scale", type=float, metavar="S",
@@ -111,6 +128,8 @@ def main(argv=None) -> int:
         data_dir=args.data, loss=args.loss, nu=args.nu, vgg_weights=args.vgg_weights,
         learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
         min_scale=args.min_scale, warmup_steps=args.warmup_steps,
+        decay_start=args.decay and args.decay[0], decay_end=args.decay and args.decay[1],
+        final_learning_rate=args.final_lr,
         epochs=args.epochs, steps=args.steps, steps_per_epoch=args.steps_per_epoch,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
         log_every=args.log_every, seed=args.seed, validation_batches=args.validation_batches,

@@ -47,9 +47,13 @@ class TrainConfig:
     model: The network (`SepConvConfig`).
     loss: One of `sepconv_jax.losses.LOSSES`; `nu` weights the VGG term of "l1+vgg" and
       `vgg_weights` is the local VGG-19 weights file the "vgg" losses need.
-    learning_rate, b1, b2, eps: AdaMax (`optax.adamax`), constant learning rate as in the paper.
+    learning_rate, b1, b2, eps: AdaMax (`optax.adamax`), constant learning rate as in the paper
+      unless a warm-up or decay is set (`sepconv_jax.training.learning_rate_schedule`).
     warmup_steps: The learning rate ramps up linearly from 0 over this many steps first (0: no
       ramp; see `sepconv_jax.training.adamax` for why a ramp matters).
+    decay_start, decay_end, final_learning_rate: If set (both steps or neither), the learning
+      rate follows a cosine from `learning_rate` at step `decay_start` down to
+      `final_learning_rate` at `decay_end`, and stays there.
     batch_size: Global batch (all devices and hosts together); a multiple of the device count.
     crop_size: Side of the square random training crops (and of the centre validation crops).
     min_scale: Training patches are first downscaled by a random factor in [min_scale, 1]
@@ -76,6 +80,9 @@ class TrainConfig:
   b2: float = 0.999
   eps: float = 1e-8
   warmup_steps: int = 0
+  decay_start: int | None = None
+  decay_end: int | None = None
+  final_learning_rate: float = 1e-5
   batch_size: int = 16
   crop_size: int = 128
   min_scale: float = 1.0
@@ -111,6 +118,16 @@ class TrainConfig:
         raise ValueError(f"{name} must be positive, got {value}")
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+    if (self.decay_start is None) != (self.decay_end is None):
+      raise ValueError("decay_start and decay_end go together (set both or neither)")
+    if self.decay_start is not None:
+      if not self.warmup_steps <= self.decay_start < self.decay_end:
+        raise ValueError(f"the decay must start after the warm-up ({self.warmup_steps} steps) "
+                         f"and end after it starts, got steps {self.decay_start} to "
+                         f"{self.decay_end}")
+      if not 0 <= self.final_learning_rate <= self.learning_rate:
+        raise ValueError(f"final_learning_rate must be in [0, learning_rate], got "
+                         f"{self.final_learning_rate}")
     if self.crop_size % 32:
       raise ValueError(f"crop_size must be a multiple of 32 (the network's five poolings), got "
                        f"{self.crop_size}")

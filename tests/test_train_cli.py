@@ -27,6 +27,8 @@ def _run(*args, timeout=300, cwd=REPO_ROOT):
     (["--workdir", "w", "--steps", "3", "--epochs", "2"], 2, "not allowed with"),
     (["--workdir", "w", "--data", "/nonexistent/data"], 1, "does not exist"),
     (["--workdir", "w", "--min-scale", "1.5"], 1, "min_scale must be in (0, 1]"),
+    (["--workdir", "w", "--decay", "300"], 2, "expected START:END"),
+    (["--workdir", "w", "--decay", "300:200"], 1, "end after it starts"),
 ])
 def test_usage_errors_are_one_line(tmp_path, args, code, message):
   done = _run(*[a if a != "w" else tmp_path / "w" for a in args])
@@ -49,7 +51,8 @@ def test_tiny_run_end_to_end(tmp_path):
   data = synthetic.prepare_training_cache(tmp_path / "cache")
   workdir = tmp_path / "run"
   done = _run("--config", "tiny", "--data", data, "--workdir", workdir, "--loss", "l2",
-              "--steps", 2, "--min-scale", 0.9, "--warmup-steps", 2, "--no-progress")
+              "--steps", 2, "--min-scale", 0.9, "--warmup-steps", 2,
+              "--decay", "2:4", "--final-lr", 1e-4, "--no-progress")
   assert done.returncode == 0, done.stderr[-2000:]
   assert "trained to step 2" in done.stdout
   assert "step 1/2: loss" in done.stdout  # without a bar: one plain line per log interval

@@ -194,8 +194,38 @@ def test_resume_is_bit_exact(data_dir, tmp_path):
   for a, b in zip(_params(straight.checkpoint()), _params(resumed.checkpoint()), strict=True):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(training.TrainingError, match="different configuration"):
-    training.train(config.with_overrides(steps=6, learning_rate=1e-4), tmp_path / "b",
+    training.train(config.with_overrides(steps=6, crop_size=64), tmp_path / "b",
                    resume=True, progress=False)
+  # The schedule may change only where it has not been used yet: a decay is added at step 5 ...
+  with pytest.raises(training.TrainingError, match="differs .* at step 1"):  # step 0's rate: 0
+    training.train(config.with_overrides(steps=7, learning_rate=1e-4), tmp_path / "b",
+                   resume=True, progress=False)
+  decayed = training.train(config.with_overrides(steps=7, decay_start=5, decay_end=7),
+                           tmp_path / "b", resume=True, progress=False)
+  assert decayed.step == 7
+  assert json.loads((tmp_path / "b" / "config.json").read_text())["decay_end"] == 7
+  # ... and then cannot be stretched, as steps 5 and 6 already ran on it.
+  with pytest.raises(training.TrainingError, match="differs .* at step 6"):
+    training.train(config.with_overrides(steps=9, decay_start=5, decay_end=9), tmp_path / "b",
+                   resume=True, progress=False)
+
+
+def test_learning_rate_schedule():
+  assert training.learning_rate_schedule(1e-3) == 1e-3
+  warm = training.learning_rate_schedule(1e-3, warmup_steps=4)
+  decayed = training.learning_rate_schedule(1e-3, warmup_steps=4, decay_start=10, decay_end=20,
+                                            final_learning_rate=1e-4)
+  steps = jnp.array([0, 2, 4, 9, 10, 15, 20, 30])
+  np.testing.assert_allclose(warm(steps), [0, 5e-4] + [1e-3] * 6, rtol=1e-6)
+  # Cosine: the full rate at the start, half-way between the two rates in the middle.
+  np.testing.assert_allclose(decayed(steps), [0, 5e-4, 1e-3, 1e-3, 1e-3, 5.5e-4, 1e-4, 1e-4],
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="decay_start and decay_end"):
+    configs.TrainConfig(decay_start=5)
+  with pytest.raises(ValueError, match="after the warm-up"):
+    configs.TrainConfig(warmup_steps=10, decay_start=5, decay_end=20)
+  with pytest.raises(ValueError, match="final_learning_rate"):
+    configs.TrainConfig(decay_start=5, decay_end=20, final_learning_rate=1.0)
 
 
 def test_init_from_with_another_loss(data_dir, tmp_path):
@@ -203,6 +233,9 @@ def test_init_from_with_another_loss(data_dir, tmp_path):
   tuned = training.train(tiny(data_dir, loss="ssim", steps=2, num_samples=0), tmp_path / "ssim",
                          init_from=base.checkpoint(), progress=False)
   assert tuned.step == 2 and load_model(tuned.checkpoint())[1]["info"]["loss"] == "ssim"
+  with pytest.raises(training.TrainingError, match="constant learning rate and a schedule"):
+    training.train(tiny(data_dir, steps=4, num_samples=0, decay_start=2, decay_end=4),
+                   tmp_path / "l1", resume=True, progress=False)
   other = tiny(data_dir, steps=1, model=SepConvConfig.tiny(kernel_size=3))
   with pytest.raises(training.TrainingError, match="different network"):
     training.train(other, tmp_path / "x", init_from=base.checkpoint(), progress=False)
