@@ -2,15 +2,16 @@
 
   python train.py --data ../scratch/davis_tfds --workdir runs/l1                   # the paper
   python train.py --data ../scratch/davis_tfds --workdir runs/l1 --resume          # continue
-  python train.py --data ../scratch/davis_tfds --workdir runs/l1 --resume \
-      --decay 3000:4000 --steps 4000                                  # ... and anneal the end
+  python train.py --data ../scratch/davis_tfds --workdir runs/l1 --resume \\
+      --decay 3000:4000 --steps 4000                                   # ... and anneal the end
   python train.py --data ../scratch/davis_tfds --workdir runs/lf --loss l1+vgg --nu 1e-5 \\
       --vgg-weights vgg19-dcbb9e9d.pth --init-from runs/l1/checkpoints/STEP        # fine-tune
 
 Configs (`sepconv_jax.configs`): default (batch 16, 128x128 crops, AdaMax lr 1e-3, L1),
 frame_average (start at frame averaging, lr 2e-4), cpu (the shipped model's recipe) and tiny
-(tests, laptops); flags override single fields. The work directory receives checkpoints/<step>/ (each loadable with
-`sepconv_jax.load_model`), tensorboard/ event files, samples/<step>/ images and config.json.
+(tests, laptops); flags override single fields. The work directory receives checkpoints/<step>/
+(each loadable with `sepconv_jax.load_model`), tensorboard/ event files, samples/<step>/ images
+and config.json.
 
 Several hosts: start the same command on every host with --distributed (coordinator address,
 process count and index from the environment, as `jax.distributed.initialize()` reads them).
@@ -106,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if args.final_lr is not None and args.decay is None:
+    parser.error("--final-lr needs --decay START:END")
   if args.workdir is None:
     args.workdir = os.path.join("runs", f"{args.config}-{args.loss or 'l1'}".replace("+", "_"))
   if args.data is not None and not os.path.isdir(args.data):

@@ -29,6 +29,7 @@ def _run(*args, timeout=300, cwd=REPO_ROOT):
     (["--workdir", "w", "--min-scale", "1.5"], 1, "min_scale must be in (0, 1]"),
     (["--workdir", "w", "--decay", "300"], 2, "expected START:END"),
     (["--workdir", "w", "--decay", "300:200"], 1, "end after it starts"),
+    (["--workdir", "w", "--final-lr", "1e-5"], 2, "--final-lr needs --decay"),
 ])
 def test_usage_errors_are_one_line(tmp_path, args, code, message):
   done = _run(*[a if a != "w" else tmp_path / "w" for a in args])
