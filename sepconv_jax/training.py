@@ -88,7 +88,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "steps", "checkpoint_every", "keep_chec
                                "log_every", "num_samples", "data_threads", "validation_batches",
                                "data_dir"})
 
-# The arguments of `learning_rate_schedule`, in order.
+# The config fields that define the learning rate (`learning_rate_schedule`'s parameters).
 _SCHEDULE_FIELDS = ("learning_rate", "warmup_steps", "decay_start", "decay_end",
                     "final_learning_rate")
 
@@ -366,8 +366,8 @@ def _check_resume_config(workdir: pathlib.Path, config: TrainConfig, step: int) 
   if changed:
     raise TrainingError(f"--resume with a different configuration ({', '.join(changed)} differ "
                         f"from {path}); start a new --workdir or use --init-from")
-  before = learning_rate_schedule(*(stored[k] for k in _SCHEDULE_FIELDS))
-  after = learning_rate_schedule(*(current[k] for k in _SCHEDULE_FIELDS))
+  before, after = (learning_rate_schedule(**{k: fields[k] for k in _SCHEDULE_FIELDS})
+                   for fields in (stored, current))
   if callable(before) != callable(after):  # the optimizer state would differ in structure
     raise TrainingError(f"--resume cannot switch between a constant learning rate and a "
                         f"schedule (warm-up or decay; {path}); use --init-from")
