@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--padding", choices=("improved", "paper"), default="improved",
                       help="how frames are padded to the network's size multiple "
                            "(default: improved)")
+  parser.add_argument("--ensemble", action="store_true",
+                      help="also interpolate each pair in reverse time order and average the "
+                           "two results: twice the work, slightly sharper and cleaner")
   parser.add_argument("--scene-threshold", type=_threshold, default=DEFAULT_SCENE_THRESHOLD,
                       metavar="T", help="histogram distance above which two frames are a scene "
                                         f"cut (default: {DEFAULT_SCENE_THRESHOLD}; 1 disables)")

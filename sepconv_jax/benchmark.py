@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="score frame averaging or frame repetition instead of a model")
   parser.add_argument("--padding", choices=("improved", "paper"), default="improved",
                       help="padding policy around the network (default: improved)")
+  parser.add_argument("--ensemble", action="store_true",
+                      help="average each prediction with the one from the reversed pair (twice "
+                           "the work)")
   parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
   parser.add_argument("--gaussian-ssim", action="store_true",
                       help="also compute the 11x11-Gaussian ('MATLAB') SSIM")
@@ -121,7 +124,7 @@ def _predictor(args):
   if args.baseline:
     return evaluation.BASELINES[args.baseline], f"baseline:{args.baseline}"
   from sepconv_jax import cli  # imports jax: only once inputs are known to be good  # pylint: disable=import-outside-toplevel
-  interpolator = cli.load_interpolator(args.model, padding=args.padding)
+  interpolator = cli.load_interpolator(args.model, padding=args.padding, ensemble=args.ensemble)
   return interpolator, os.fspath(args.model) if args.model else "default"
 
 
@@ -144,7 +147,8 @@ def run(args) -> int:
   # UCF101 ids are short; Middlebury names up to 11 characters; videos "<stem>/<index>".
   table = _Table(gaussian=gaussian, masked=masked, width=24, quiet=args.summary_only)
   print(f"{args.dataset} ({os.fspath(args.root)}), model {model_name}"
-        + ("" if args.baseline else f", padding {args.padding}"))
+        + ("" if args.baseline else f", padding {args.padding}")
+        + (", ensemble (forward and reversed pair)" if args.ensemble else ""))
   print(f"PSNR: RGB uint8, data range 255. {evaluation.SSIM_LABEL}."
         + (f" {evaluation.SSIM_GAUSSIAN_LABEL}." if gaussian else "")
         + (" PSNR-mask: inside the motion masks (their black pixels)." if masked else ""))
@@ -152,6 +156,7 @@ def run(args) -> int:
   info = {"root": os.fspath(args.root)}
   if not args.baseline:
     info["padding"] = args.padding
+    info["ensemble"] = args.ensemble
   report = evaluation.evaluate(triplets, predict, dataset=args.dataset, model=model_name,
                                gaussian_ssim=gaussian, limit=args.limit, on_item=table.item,
                                info=info)
@@ -175,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise _UsageError(f"--every {args.every} must be at least 3")
     if args.limit is not None and args.limit < 1:
       raise _UsageError(f"--limit {args.limit} must be at least 1")
+    if args.ensemble and args.baseline:
+      raise _UsageError("--ensemble applies to a model, not to --baseline")
   except _UsageError as error:
     print(f"error: {error} (see --help)", file=sys.stderr)
     return 2

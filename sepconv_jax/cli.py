@@ -362,9 +362,9 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
 
 def load_interpolator(model: str | os.PathLike | None, *, padding: str,
                       max_untiled_pixels: int | None = None,
-                      tile_size: int | None = None) -> Interpolator:
+                      tile_size: int | None = None, ensemble: bool = False) -> Interpolator:
   """The checkpoint at `model`, or the project's default model when `model` is None."""
-  kwargs = {}
+  kwargs = {"ensemble": ensemble}
   if max_untiled_pixels is not None:
     kwargs["max_untiled_pixels"] = max_untiled_pixels
   if tile_size is not None:
@@ -407,7 +407,7 @@ def run(args) -> int:
       check_video(args.video, args.out, overwrite=args.overwrite)
     interpolator = load_interpolator(args.model, padding=args.padding,
                                      max_untiled_pixels=args.max_untiled_pixels,
-                                     tile_size=args.tile_size)
+                                     tile_size=args.tile_size, ensemble=args.ensemble)
     if args.pair:
       summary = interpolate_pair(interpolator, *args.pair, args.out, overwrite=args.overwrite,
                                  **common)

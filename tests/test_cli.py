@@ -346,6 +346,22 @@ def test_grey_and_rgba_pairs_are_converted(tiny_model, tmp_path, capsys):
   assert mean_error(middle, (grey.astype(np.float64) + frames[1]) / 2) < 3.0  # JPEG
 
 
+def test_ensemble_flag_reaches_the_interpolator(tiny_model, tmp_path, capsys, monkeypatch):
+  loaded = []
+  original = cli.load_interpolator
+  monkeypatch.setattr(cli, "load_interpolator",
+                      lambda *a, **k: loaded.append(original(*a, **k)) or loaded[-1])
+  frames = pattern_frames(2)
+  for name, frame in zip(("a.png", "b.png"), frames):
+    media.write_image(frame, tmp_path / name)
+  code, _, stderr = run_main(capsys, "--pair", tmp_path / "a.png", tmp_path / "b.png", "--out",
+                             tmp_path / "mid.png", "--model", tiny_model, "--ensemble")
+  assert code == 0, stderr
+  assert [i.ensemble for i in loaded] == [True]
+  middle = media.read_image(tmp_path / "mid.png").astype(np.float64)
+  assert mean_error(middle, (frames[0].astype(np.float64) + frames[1]) / 2) < 1.0
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input: one `error:` line, a non-zero exit, nothing left behind.
 

@@ -247,6 +247,8 @@ def _error_lines(capsys) -> list[str]:
     (["--dataset", "video", "--root", "{tmp}", "--baseline", "average"], "no videos"),
     (["--dataset", "vimeo", "--root", "{tmp}"], "invalid choice"),
     (["--root", "{tmp}"], "--dataset"),
+    (["--dataset", "ucf101", "--root", "{tmp}", "--baseline", "average", "--ensemble"],
+     "--ensemble"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys, argv, needle):
   argv = [arg.format(tmp=tmp_path) for arg in argv]

@@ -75,6 +75,21 @@ def test_tiled_matches_untiled_in_the_interior(model):
   assert difference.mean() < 1e-3
 
 
+@pytest.mark.parametrize("max_untiled_pixels", [None, 0])
+def test_ensemble_averages_both_time_orders(model, max_untiled_pixels):
+  tiles = TileSettings(size=64, overlap=16)
+  plain = Interpolator(model, max_untiled_pixels=max_untiled_pixels, tiles=tiles)
+  ensemble = Interpolator(model, max_untiled_pixels=max_untiled_pixels, tiles=tiles,
+                          ensemble=True)
+  first, second = _pattern(48, 100), _pattern(48, 100, shift=4)
+  forward, backward = np.asarray(plain(first, second)), np.asarray(plain(second, first))
+  # The perturbed tiny network is not symmetric in time, so the ensemble is a real average.
+  assert np.abs(forward - backward).max() > 1e-3
+  both = np.asarray(ensemble(first, second))
+  np.testing.assert_allclose(both, (forward + backward) / 2, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ensemble(second, first)), both, atol=1e-5)
+
+
 def test_tiling_starts_automatically_above_the_threshold(model, monkeypatch):
   interpolator = Interpolator(model, max_untiled_pixels=64 * 64, tiles=TileSettings(64, 16))
   calls = []
