@@ -143,12 +143,15 @@ class Interpolator:
 
   def _interpolate_padded(self, frame0: jax.Array, frame1: jax.Array) -> jax.Array:
     """The network on frames of any size (padded and cropped back), ensembled if asked."""
-    network = functools.partial(run_padded, functools.partial(self._network, self._state),
-                                policy=self.padding, kernel_size=self.config.kernel_size)
-    if not self.ensemble:
-      return network(frame0, frame1)
-    # Two calls rather than one of twice the batch: the memory of a call stays what it was.
-    return 0.5 * (network(frame0, frame1) + network(frame1, frame0))
+    network = functools.partial(self._network, self._state)
+    if self.ensemble:
+      forward = network
+      # Padded and cropped once; two calls rather than one of twice the batch, so that the
+      # memory of a call stays what it was.
+      network = lambda padded0, padded1: 0.5 * (forward(padded0, padded1)
+                                                + forward(padded1, padded0))
+    return run_padded(network, frame0, frame1, policy=self.padding,
+                      kernel_size=self.config.kernel_size)
 
   def _interpolate_float(self, frame0: jax.Array, frame1: jax.Array) -> jax.Array:
     """(B, H, W, 3) float32 in the model's channel order -> the same."""
