@@ -18,6 +18,8 @@ import sys
 # and usage errors answer at once, before jax is imported.
 FACTORS = (2, 4, 8)
 DEFAULT_SCENE_THRESHOLD = 0.2
+# Mirrors pallas_kernels.conv.PRECISIONS, plus "auto".
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 EPILOG = """\
 outputs:
@@ -36,7 +38,11 @@ images: grey is expanded to RGB, 16-bit is rounded to 8-bit, an alpha channel is
 scene cuts: where the two frames' colour histograms differ by more than --scene-threshold (total
   variation distance of 8x8x8-bin RGB histograms, 0..1), the in-between frames repeat the first
   frame instead of morphing; 1 turns the test off.
-model: without --model, the project's default model is used once one ships.
+model: without --model, the project's default model (sepconv_jax/weights/default).
+precision: the network's convolutions in float32, or in bfloat16 (bfloat16 operands, float32
+  accumulation; the weights and everything else stay float32) on the CPU's bfloat16 units through
+  oneDNN. auto picks bfloat16 on CPUs that multiply it in hardware (AVX512-BF16, AMX), float32
+  elsewhere. The closing line says which path ran.
 """
 
 
@@ -79,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--ensemble", action="store_true",
                       help="also interpolate each pair in reverse time order and average the "
                            "two results: twice the work, slightly sharper and cleaner")
+  parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                      help="the network's compute precision (default: auto, see below)")
   parser.add_argument("--scene-threshold", type=_threshold, default=DEFAULT_SCENE_THRESHOLD,
                       metavar="T", help="histogram distance above which two frames are a scene "
                                         f"cut (default: {DEFAULT_SCENE_THRESHOLD}; 1 disables)")

@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="validate on at most this many batches (default: the whole split)")
   p.add_argument("--samples", type=int, help="full frames interpolated per validation")
   p.add_argument("--seed", type=int)
+  p.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
+                 help="the convolutions' compute precision: bfloat16 operands with float32 "
+                      "accumulation run on the CPU's bfloat16 units; parameters, optimizer "
+                      "state and checkpoints stay float32 (default: auto, bfloat16 on CPUs "
+                      "that multiply it in hardware; a --resume may change it)")
   p.add_argument("--resume", action="store_true",
                  help="continue from the latest checkpoint in --workdir (if any)")
   p.add_argument("--init-from", metavar="CHECKPOINT",
@@ -122,6 +127,8 @@ def main(argv=None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences TensorFlow's start-up notice
   import jax  # pylint: disable=import-outside-toplevel
+  from pallas_kernels.allocator import keep_freed_memory  # pylint: disable=import-outside-toplevel
+  keep_freed_memory()  # each step reuses the previous step's buffers
   if args.distributed:
     jax.distributed.initialize()
   from data.builder import CacheError  # pylint: disable=import-outside-toplevel
@@ -137,7 +144,8 @@ def main(argv=None) -> int:
         epochs=args.epochs, steps=args.steps, steps_per_epoch=args.steps_per_epoch,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
         log_every=args.log_every, seed=args.seed, validation_batches=args.validation_batches,
-        num_samples=args.samples)
+        num_samples=args.samples,
+        precision=None if args.precision in (None, "auto") else args.precision)
     if args.epochs is not None:  # --epochs given: the config's step count must not win
       config = dataclasses.replace(config, steps=None)
     result = training.train(config, args.workdir, resume=args.resume, init_from=args.init_from,

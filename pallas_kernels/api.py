@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels._native import warn_fallback
 from pallas_kernels._shapes import check_kernel_layout, check_sepconv_shapes
 from pallas_kernels.reference import sepconv_reference
 from pallas_kernels.sepconv_pallas import BlockSizes, sepconv_pallas
@@ -25,13 +26,17 @@ def _cpu_kernel():
 
 
 def default_impl(backend: str | None = None) -> str:
-  """The fastest implementation for a backend: Pallas on GPUs, the C++ kernel on CPUs (plain XLA
-  where no C++ compiler is available), plain XLA elsewhere."""
+  """The fastest implementation for a backend: Pallas on GPUs, the C++ kernel on CPUs (plain XLA,
+  with one warning, where it cannot be built), plain XLA elsewhere."""
   backend = backend or jax.default_backend()
   if backend == "gpu":
     return "pallas"
-  if backend == "cpu" and _cpu_kernel()[0] is not None:
-    return "cpu"
+  if backend == "cpu":
+    module, reason = _cpu_kernel()
+    if module is not None:
+      return "cpu"
+    warn_fallback("the C++ separable-convolution kernel", reason,
+                  "the op runs on plain XLA (about 10x slower)")
   return "xla"
 
 

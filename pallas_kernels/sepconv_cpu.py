@@ -15,150 +15,49 @@ has `jnp.result_type(image, vertical, horizontal)` and each gradient its argumen
 
 The library is built on first use from `csrc/sepconv_cpu.cc` with the system C++ compiler
 (`$CXX`, else `c++`, else `g++`) and cached under `$SEPCONV_JAX_CACHE` (default
-`~/.cache/sepconv_jax/`), keyed by a hash of the source, the flags, the compiler, the CPU and the
-jaxlib version. `-march=native` makes the build specific to the CPU it was made on, hence the CPU in
-the key. Set `SEPCONV_CPU_THREADS` to cap the number of threads a call uses (default: XLA's CPU
+`~/.cache/sepconv_jax/`; see `pallas_kernels._native`), keyed by a hash of the source, the flags,
+the compiler, the CPU and the jaxlib version. `-march=native` makes the build specific to the CPU it
+was made on, hence the CPU in the key. Set `SEPCONV_CPU_THREADS` to cap the number of threads a call uses (default: XLA's CPU
 thread pool, one thread per core).
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
 import os
-import pathlib
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
 
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels._native import CSRC, NativeLibrary
 from pallas_kernels._shapes import KERNEL_LAYOUTS, check_kernel_layout, check_sepconv_shapes
 
 __all__ = ["cpu_kernel_available", "cpu_kernel_unavailable_reason", "sepconv_cpu"]
 
-_SOURCE = pathlib.Path(__file__).resolve().parent / "csrc" / "sepconv_cpu.cc"
-_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17", "-pthread")
-_TARGETS = {
-    # FFI target name -> exported handler symbol.
-    "sepconv_jax_cpu_forward": "SepconvCpuForward",
-    "sepconv_jax_cpu_backward_image": "SepconvCpuBackwardImage",
-    "sepconv_jax_cpu_backward_kernels": "SepconvCpuBackwardKernels",
-}
-
-_lock = threading.Lock()
-_state: dict = {}  # "lib" (the loaded CDLL) or "error" (why it is unavailable), once decided
-
-
-def _cache_dir() -> pathlib.Path:
-  root = os.environ.get("SEPCONV_JAX_CACHE")
-  return pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "sepconv_jax"
-
-
-def _compiler() -> str | None:
-  for name in (os.environ.get("CXX"), "c++", "g++"):
-    if name and shutil.which(name):
-      return shutil.which(name)
-  return None
-
-
-def _cpu_signature() -> str:
-  """What `-march=native` depends on: the machine and, on Linux, the CPU model and feature flags."""
-  parts = [platform.machine()]
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-      for line in f:
-        key = line.split(":", 1)[0].strip()
-        if key in ("model name", "flags", "Features", "CPU part"):
-          parts.append(line.strip())
-        if key in ("flags", "Features"):
-          break  # the first processor's block is enough
-  except OSError:
-    pass
-  return "\n".join(parts)
-
-
-def _build_library() -> pathlib.Path:
-  """Compiles the kernels (or finds them in the cache); returns the shared library's path."""
-  compiler = _compiler()
-  if compiler is None:
-    raise RuntimeError("no C++ compiler found (tried $CXX, c++, g++)")
-  source = _SOURCE.read_bytes()
-  include_dir = jax.ffi.include_dir()
-  version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                           timeout=60).stdout.splitlines()[:1]
-  key = hashlib.sha256()
-  for part in (source, " ".join(_FLAGS).encode(), compiler.encode(), "".join(version).encode(),
-               _jaxlib_version().encode(), _cpu_signature().encode()):
-    key.update(part)
-    key.update(b"\0")
-  cache = _cache_dir()
-  target = cache / f"sepconv_cpu_{key.hexdigest()[:24]}.so"
-  if target.is_file():
-    return target
-  cache.mkdir(parents=True, exist_ok=True)
-  # Build under a temporary name in the cache dir, then rename: the rename is atomic on POSIX, so
-  # a concurrent process sees either no library or a whole one, never a half-written file.
-  fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=cache)
-  os.close(fd)
-  try:
-    cmd = [compiler, *_FLAGS, f"-I{include_dir}", str(_SOURCE), "-o", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-      raise RuntimeError(f"compiling {_SOURCE.name} failed ({' '.join(cmd)}):\n"
-                         f"{proc.stderr[-4000:]}")
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-  return target
-
-
-def _jaxlib_version() -> str:
-  # The FFI headers and ABI come with jaxlib; `jax.lib.__version__` is its version.
-  return str(getattr(jax.lib, "__version__", "")) + "/" + jax.__version__
-
-
-def _load() -> ctypes.CDLL | None:
-  """Builds, loads and registers the kernels once per process; never raises."""
-  with _lock:
-    if "lib" in _state or "error" in _state:
-      return _state.get("lib")
-    try:
-      lib = ctypes.cdll.LoadLibrary(str(_build_library()))
-      for name, symbol in _TARGETS.items():
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform="cpu")
-      _state["lib"] = lib
-    except Exception as e:  # noqa: BLE001 -- any failure means "not available", with the reason
-      _state["error"] = f"{type(e).__name__}: {e}"
-    return _state.get("lib")
+_LIBRARY = NativeLibrary(
+    "sepconv_cpu", CSRC / "sepconv_cpu.cc",
+    targets={
+        # FFI target name -> exported handler symbol.
+        "sepconv_jax_cpu_forward": "SepconvCpuForward",
+        "sepconv_jax_cpu_backward_image": "SepconvCpuBackwardImage",
+        "sepconv_jax_cpu_backward_kernels": "SepconvCpuBackwardKernels",
+    },
+    compile_flags=("-O3", "-march=native", "-pthread"))
 
 
 def cpu_kernel_available() -> bool:
   """True when the C++ kernels are built (or cached), loaded and registered with XLA."""
-  return _load() is not None
+  return _LIBRARY.available()
 
 
 def cpu_kernel_unavailable_reason() -> str | None:
   """Why `cpu_kernel_available()` is False (no compiler, build error, ...); None when available."""
-  _load()
-  return _state.get("error")
+  return _LIBRARY.unavailable_reason()
 
 
 def _threads() -> int:
   value = os.environ.get("SEPCONV_CPU_THREADS", "")
   return int(value) if value.strip() else 0
-
-
-def _require_kernels() -> None:
-  if _load() is None:
-    raise RuntimeError(f"sepconv_cpu: the C++ kernels are unavailable: {_state.get('error')}")
 
 
 def _attrs(layout: int) -> dict:
@@ -214,7 +113,7 @@ def sepconv_cpu(image: jax.Array, vertical: jax.Array, horizontal: jax.Array,
   """
   check_sepconv_shapes(image.shape, vertical.shape, horizontal.shape, kernel_layout)
   layout = KERNEL_LAYOUTS.index(check_kernel_layout(kernel_layout))
-  _require_kernels()
+  _LIBRARY.require()
   out_dtype = jnp.result_type(image, vertical, horizontal)
   out = _sepconv_f32(jnp.asarray(image, jnp.float32), jnp.asarray(vertical, jnp.float32),
                      jnp.asarray(horizontal, jnp.float32), layout)

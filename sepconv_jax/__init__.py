@@ -3,17 +3,19 @@
 `Interpolator` runs a model on arrays (jit-compiled, any frame size). The network and its
 configuration (`SepConvNet`, `SepConvConfig`), the padding policies that make any frame size work
 (`sepconv_jax.padding`) and checkpoints with their metadata (`save_model`, `load_model`).
-Conventions (layout, value range, channel order) are in `sepconv_jax.model`'s docstring.
+Conventions (layout, value range, channel order, compute precision) are in `sepconv_jax.model`'s
+docstring.
 """
 
 from sepconv_jax.checkpoint import CheckpointError, load_model, read_metadata, save_model
 from sepconv_jax.interpolator import Interpolator
-from sepconv_jax.model import (KernelMaps, SepConvConfig, SepConvNet, count_parameters,
-                               local_separable_conv)
+from sepconv_jax.model import (ConvOptions, KernelMaps, SepConvConfig, SepConvNet,
+                               count_parameters, local_separable_conv)
 from sepconv_jax.padding import POLICIES, PaddingPlan, crop, pad, plan_padding, run_padded
 
 __all__ = [
     "CheckpointError",
+    "ConvOptions",
     "Interpolator",
     "KernelMaps",
     "POLICIES",

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--ensemble", action="store_true",
                       help="average each prediction with the one from the reversed pair (twice "
                            "the work)")
+  parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                      help="the network's compute precision (default: auto, the backend's "
+                           "default; see interpolate.py --help)")
   parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
   parser.add_argument("--gaussian-ssim", action="store_true",
                       help="also compute the 11x11-Gaussian ('MATLAB') SSIM")
@@ -124,7 +127,10 @@ def _predictor(args):
   if args.baseline:
     return evaluation.BASELINES[args.baseline], f"baseline:{args.baseline}"
   from sepconv_jax import cli  # imports jax: only once inputs are known to be good  # pylint: disable=import-outside-toplevel
-  interpolator = cli.load_interpolator(args.model, padding=args.padding, ensemble=args.ensemble)
+  from pallas_kernels.allocator import keep_freed_memory  # pylint: disable=import-outside-toplevel
+  keep_freed_memory()  # every frame reuses the previous frame's buffers
+  interpolator = cli.load_interpolator(args.model, padding=args.padding, ensemble=args.ensemble,
+                                       precision=args.precision)
   return interpolator, os.fspath(args.model) if args.model else "default"
 
 
@@ -147,7 +153,8 @@ def run(args) -> int:
   # UCF101 ids are short; Middlebury names up to 11 characters; videos "<stem>/<index>".
   table = _Table(gaussian=gaussian, masked=masked, width=24, quiet=args.summary_only)
   print(f"{args.dataset} ({os.fspath(args.root)}), model {model_name}"
-        + ("" if args.baseline else f", padding {args.padding}")
+        + ("" if args.baseline else f", padding {args.padding}, network: "
+                                    f"{predict.describe_compute()}")
         + (", ensemble (forward and reversed pair)" if args.ensemble else ""))
   print(f"PSNR: RGB uint8, data range 255. {evaluation.SSIM_LABEL}."
         + (f" {evaluation.SSIM_GAUSSIAN_LABEL}." if gaussian else "")
@@ -157,6 +164,7 @@ def run(args) -> int:
   if not args.baseline:
     info["padding"] = args.padding
     info["ensemble"] = args.ensemble
+    info["precision"] = predict.precision
   report = evaluation.evaluate(triplets, predict, dataset=args.dataset, model=model_name,
                                gaussian_ssim=gaussian, limit=args.limit, on_item=table.item,
                                info=info)
@@ -182,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise _UsageError(f"--limit {args.limit} must be at least 1")
     if args.ensemble and args.baseline:
       raise _UsageError("--ensemble applies to a model, not to --baseline")
+    if args.precision != "auto" and args.baseline:
+      raise _UsageError("--precision applies to a model, not to --baseline")
   except _UsageError as error:
     print(f"error: {error} (see --help)", file=sys.stderr)
     return 2

@@ -41,6 +41,7 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 import tqdm
 
+from pallas_kernels.allocator import keep_freed_memory
 from sepconv_jax import media, scene, video
 from sepconv_jax.checkpoint import CheckpointError
 from sepconv_jax.interpolator import (DEFAULT_MAX_UNTILED_PIXELS, FACTORS, Interpolator,
@@ -71,6 +72,7 @@ class Summary:
   cuts: int = 0
   seconds: float = 0.0
   rate: fractions.Fraction | None = None  # output frame rate (videos)
+  compute: str = ""  # how the network ran (`Interpolator.describe_compute`)
 
   @property
   def written(self) -> int:
@@ -100,6 +102,8 @@ class Summary:
     per_frame = self.seconds / self.interpolated if self.interpolated else 0.0
     line += (f"; {self.seconds:.1f} s, {self.written / max(self.seconds, 1e-9):.2f} frames/s "
              f"written, {per_frame:.3f} s per interpolated frame")
+    if self.compute:
+      line += f"; network: {self.compute}"
     return line
 
 
@@ -362,9 +366,11 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
 
 def load_interpolator(model: str | os.PathLike | None, *, padding: str,
                       max_untiled_pixels: int | None = None,
-                      tile_size: int | None = None, ensemble: bool = False) -> Interpolator:
-  """The checkpoint at `model`, or the project's default model when `model` is None."""
-  kwargs = {"ensemble": ensemble}
+                      tile_size: int | None = None, ensemble: bool = False,
+                      precision: str | None = None) -> Interpolator:
+  """The checkpoint at `model`, or the project's default model when `model` is None;
+  `precision` None (or "auto") is the backend's default."""
+  kwargs = {"ensemble": ensemble, "precision": None if precision == "auto" else precision}
   if max_untiled_pixels is not None:
     kwargs["max_untiled_pixels"] = max_untiled_pixels
   if tile_size is not None:
@@ -397,6 +403,7 @@ def run(args) -> int:
   interrupt exits with 130. Either way no partial output is left behind.
   """
   common = dict(factor=args.factor, threshold=args.scene_threshold)
+  keep_freed_memory()  # every frame reuses the previous frame's buffers (pallas_kernels.allocator)
   try:
     # The cheap checks first, so that a typo fails before the model loads.
     if args.pair:
@@ -407,7 +414,8 @@ def run(args) -> int:
       check_video(args.video, args.out, overwrite=args.overwrite)
     interpolator = load_interpolator(args.model, padding=args.padding,
                                      max_untiled_pixels=args.max_untiled_pixels,
-                                     tile_size=args.tile_size, ensemble=args.ensemble)
+                                     tile_size=args.tile_size, ensemble=args.ensemble,
+                                     precision=args.precision)
     if args.pair:
       summary = interpolate_pair(interpolator, *args.pair, args.out, overwrite=args.overwrite,
                                  **common)
@@ -429,5 +437,6 @@ def run(args) -> int:
     print("error: out of memory; lower --max-untiled-pixels (frames above it are tiled) or "
           "--tile-size", file=sys.stderr)
     return 1
+  summary.compute = interpolator.describe_compute()
   print(summary)
   return 0

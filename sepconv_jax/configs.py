@@ -35,6 +35,7 @@ import dataclasses
 import json
 from typing import Any
 
+from pallas_kernels.conv import PRECISIONS
 from sepconv_jax.losses import LOSSES
 from sepconv_jax.model import SepConvConfig
 
@@ -70,6 +71,10 @@ class TrainConfig:
       validation split, at most `validation_batches` batches (None: the whole split).
     num_samples: Full frames interpolated at each validation and written as images.
     shuffle_buffer, data_threads: tf.data settings (`data.pipeline.train_dataset`).
+    precision: The convolutions' compute precision, "float32" or "bfloat16" (bfloat16 operands,
+      float32 accumulation; parameters, optimizer state and checkpoints stay float32; see
+      `pallas_kernels.conv`). None: the backend's default, resolved and recorded in the run's
+      config.json when training starts.
   """
   model: SepConvConfig = SepConvConfig()
   loss: str = "l1"
@@ -99,6 +104,7 @@ class TrainConfig:
   num_samples: int = 3
   shuffle_buffer: int = 1024
   data_threads: int = 2
+  precision: str | None = None
 
   def __post_init__(self):
     if isinstance(self.model, dict):
@@ -135,6 +141,9 @@ class TrainConfig:
       raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
     if self.num_samples < 0 or self.nu < 0:
       raise ValueError("num_samples and nu must not be negative")
+    if self.precision is not None and self.precision not in PRECISIONS:
+      raise ValueError(f"precision must be one of {PRECISIONS} (or None for the default), got "
+                       f"{self.precision!r}")
 
   def with_overrides(self, **overrides: Any) -> TrainConfig:
     """A copy with the given fields replaced (None values are ignored: flags not given)."""

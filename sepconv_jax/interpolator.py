@@ -13,6 +13,10 @@ Conventions of the arrays a user passes in and gets back (the network's own conv
 Ensemble Optional (`ensemble=True`): the network also runs on the pair in reverse time order and
            the two middle frames are averaged, twice the work for a cleaner result (self-ensembling,
            as in SepConv++).
+Precision The network's convolutions run in `precision` ("float32", or "bfloat16": bfloat16
+           operands with float32 accumulation, on the CPU's bfloat16 units through oneDNN); None
+           picks the backend's default (`pallas_kernels.conv.default_precision`). The weights and
+           everything outside the convolutions stay float32.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pallas_kernels.conv import describe as describe_conv, xla_compiler_options
 from sepconv_jax.checkpoint import load_model
-from sepconv_jax.model import SepConvNet
+from sepconv_jax.model import ConvOptions, SepConvNet
 from sepconv_jax.padding import DEFAULT_POLICY, POLICIES, run_padded
 
 # Above this many pixels per frame, tile (1280x720 untiled needs a few GB with the full network).
@@ -92,7 +97,9 @@ class Interpolator:
   def __init__(self, model: SepConvNet, *, channel_order: str = "RGB",
                padding: str = DEFAULT_POLICY,
                max_untiled_pixels: int | None = DEFAULT_MAX_UNTILED_PIXELS,
-               tiles: TileSettings = TileSettings(), ensemble: bool = False):
+               tiles: TileSettings = TileSettings(), ensemble: bool = False,
+               precision: str | None = None, conv_impl: str | None = None,
+               compiler_options: dict[str, str] | None = None):
     """
     Args:
       model: The network.
@@ -102,6 +109,12 @@ class Interpolator:
       tiles: Tile size and overlap for large frames.
       ensemble: Average the middle frames of (first, second) and (second, first): twice the
         work, about 0.1 dB more PSNR on UCF101 with the default model (BENCHMARKS.md).
+      precision: The convolutions' compute precision, "float32" or "bfloat16"; None for the
+        backend's default (see the module docstring).
+      conv_impl: The convolutions' implementation, "onednn" or "xla"; None for the backend's
+        fastest (`pallas_kernels.conv.default_conv_impl`).
+      compiler_options: XLA options for compiling the network; None for those that make the
+        chosen convolution path fastest (`pallas_kernels.conv.xla_compiler_options`).
     """
     if padding not in POLICIES:
       raise ValueError(f"padding={padding!r} must be one of {POLICIES}")
@@ -113,15 +126,27 @@ class Interpolator:
     self.max_untiled_pixels = max_untiled_pixels
     self.tiles = tiles
     self.ensemble = ensemble
+    self.conv = ConvOptions(precision, conv_impl).resolved()
     graphdef, state = nnx.split(model)
 
-    @jax.jit
+    if compiler_options is None:
+      compiler_options = xla_compiler_options(impl=self.conv.impl, precision=self.conv.precision)
+
+    # Compiled once per padded size: frames that pad to the same size share the compilation.
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def network(state, frame0, frame1):
-      # Compiled once per padded size: frames that pad to the same size share the compilation.
-      return nnx.merge(graphdef, state)(frame0, frame1)
+      return nnx.merge(graphdef, state)(frame0, frame1, conv=self.conv)
 
     self._state = state
     self._network = network
+
+  @property
+  def precision(self) -> str:
+    return self.conv.precision
+
+  def describe_compute(self) -> str:
+    """One line on how the network runs, e.g. "oneDNN 3.2.0 (avx512_core_bf16), bfloat16"."""
+    return describe_conv(impl=self.conv.impl, precision=self.conv.precision)
 
   @classmethod
   def from_checkpoint(cls, path: str | os.PathLike, padding: str = DEFAULT_POLICY,

@@ -17,6 +17,12 @@ Conventions
                the border by K//2 pixels, as the published network does. With
                `kernel_normalisation` (SepConv++) the sum is divided by the same sum computed on a
                channel of ones (see `SepConvNet.__call__`).
+  Precision    Parameters are float32. The convolutions run in `ConvOptions.precision`: "float32",
+               or "bfloat16" (operands rounded to bfloat16, products accumulated in float32, on
+               the CPU's bfloat16 units through oneDNN: `pallas_kernels.conv`); their results,
+               the activations between them, the kernel maps and the output are float32 either
+               way. The default is the backend's faster accurate one (bfloat16 on CPUs with
+               AVX512-BF16 or AMX).
   Sizes        H and W must be multiples of 32 (five 2x2 poolings). Any frame size works through
                the padding policies of `sepconv_jax.padding`, which pad to a multiple of 128 and
                crop back; the network itself never asserts a maximum resolution.
@@ -42,8 +48,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# The op picks its fastest implementation for the backend (C++ kernel on CPU, Pallas on GPU).
+# The op picks its fastest implementation for the backend (C++ kernel on CPU, Pallas on GPU), and
+# so does the convolution (oneDNN on CPU, XLA elsewhere).
 from pallas_kernels import sepconv
+from pallas_kernels.conv import check_precision, conv2d, default_conv_impl, default_precision
 
 # Five 2x2 poolings: the network only runs on sizes divisible by 2**5.
 SIZE_MULTIPLE = 32
@@ -112,6 +120,18 @@ class SepConvConfig:
     return cls(**values)
 
 
+class ConvOptions(NamedTuple):
+  """How the network's convolutions run (`pallas_kernels.conv`): `precision` "float32" or
+  "bfloat16" (bfloat16 operands, float32 accumulation and results; parameters stay float32) and
+  `impl` "onednn" or "xla"; None picks each one's default for the backend."""
+  precision: str | None = None
+  impl: str | None = None
+
+  def resolved(self) -> ConvOptions:
+    precision = check_precision(self.precision or default_precision())
+    return ConvOptions(precision, self.impl or default_conv_impl())
+
+
 class KernelMaps(NamedTuple):
   """The four per-pixel 1D kernels, each (B, H, W, K); index 0/1 is the frame they apply to."""
   vertical0: jax.Array
@@ -120,10 +140,26 @@ class KernelMaps(NamedTuple):
   horizontal1: jax.Array
 
 
-def _conv3x3(in_features: int, out_features: int, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Conv:
-  # 'SAME' with a 3x3 kernel is the published zero padding of 1 on each side.
-  return nnx.Conv(in_features, out_features, kernel_size=(3, 3), padding="SAME", rngs=rngs,
-                  **kwargs)
+class Conv3x3(nnx.Module):
+  """A 3x3 convolution with bias, zero padding 1 (the published 'SAME'), run by
+  `pallas_kernels.conv2d` in the precision the call asks for.
+
+  Its parameters are those of `nnx.Conv(in, out, kernel_size=(3, 3))`, drawn in the same order
+  from the same initialisers: `kernel` (3, 3, in, out) HWIO and `bias` (out,), float32, so
+  checkpoints are the same whatever the compute precision.
+  """
+
+  def __init__(self, in_features: int, out_features: int, rngs: nnx.Rngs, *,
+               kernel_init=nnx.initializers.lecun_normal(), bias_init=nnx.initializers.zeros):
+    self.kernel = nnx.Param(kernel_init(rngs.params(), (3, 3, in_features, out_features),
+                                        jnp.float32))
+    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32))
+
+  def __call__(self, x: jax.Array, options: ConvOptions = ConvOptions()) -> jax.Array:
+    options = options.resolved()
+    return conv2d(x, self.kernel[...], self.bias[...], precision=options.precision,
+                  impl=options.impl)
+
 
 
 def average_pool2x(x: jax.Array) -> jax.Array:
@@ -165,14 +201,14 @@ class ConvStack(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
     self.convs = nnx.List([
-        _conv3x3(in_features, out_features, rngs),
-        _conv3x3(out_features, out_features, rngs),
-        _conv3x3(out_features, out_features, rngs),
+        Conv3x3(in_features, out_features, rngs),
+        Conv3x3(out_features, out_features, rngs),
+        Conv3x3(out_features, out_features, rngs),
     ])
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, options: ConvOptions = ConvOptions()) -> jax.Array:
     for conv in self.convs:
-      x = jax.nn.relu(conv(x))
+      x = jax.nn.relu(conv(x, options))
     return x
 
 
@@ -180,10 +216,10 @@ class UpsampleConv(nnx.Module):
   """Bilinear x2 (align_corners=True), then a 3x3 conv + ReLU (the reference's `Upsample`)."""
 
   def __init__(self, features: int, *, rngs: nnx.Rngs):
-    self.conv = _conv3x3(features, features, rngs)
+    self.conv = Conv3x3(features, features, rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return jax.nn.relu(self.conv(upsample2x_align_corners(x)))
+  def __call__(self, x: jax.Array, options: ConvOptions = ConvOptions()) -> jax.Array:
+    return jax.nn.relu(self.conv(upsample2x_align_corners(x), options))
 
 
 class KernelSubnet(nnx.Module):
@@ -192,9 +228,9 @@ class KernelSubnet(nnx.Module):
   def __init__(self, in_features: int, kernel_size: int, *, frame_average_init: bool,
                rngs: nnx.Rngs):
     self.convs = nnx.List([
-        _conv3x3(in_features, in_features, rngs),
-        _conv3x3(in_features, in_features, rngs),
-        _conv3x3(in_features, kernel_size, rngs),
+        Conv3x3(in_features, in_features, rngs),
+        Conv3x3(in_features, in_features, rngs),
+        Conv3x3(in_features, kernel_size, rngs),
     ])
     output_init = {}
     if frame_average_init:
@@ -206,14 +242,14 @@ class KernelSubnet(nnx.Module):
           "kernel_init": nnx.initializers.normal(_FRAME_AVERAGE_WEIGHT_STDDEV),
           "bias_init": lambda key, shape, dtype=jnp.float32: jnp.asarray(centre, dtype),
       }
-    self.output_conv = _conv3x3(kernel_size, kernel_size, rngs, **output_init)
+    self.output_conv = Conv3x3(kernel_size, kernel_size, rngs, **output_init)
 
-  def __call__(self, features: jax.Array) -> jax.Array:
+  def __call__(self, features: jax.Array, options: ConvOptions = ConvOptions()) -> jax.Array:
     x = features
     for conv in self.convs:
-      x = jax.nn.relu(conv(x))
+      x = jax.nn.relu(conv(x, options))
     # The published subnets end without an activation: kernel weights may be negative.
-    return self.output_conv(upsample2x_align_corners(x))
+    return self.output_conv(upsample2x_align_corners(x), options)
 
 
 def local_separable_conv(frame: jax.Array, vertical: jax.Array,
@@ -263,8 +299,10 @@ class SepConvNet(nnx.Module):
     self.vertical_subnets = nnx.List([subnet(), subnet()])
     self.horizontal_subnets = nnx.List([subnet(), subnet()])
 
-  def kernel_maps(self, frame0: jax.Array, frame1: jax.Array) -> KernelMaps:
-    """The four kernel maps, each (B, H, W, K), for frames (B, H, W, 3) with H, W % 32 == 0."""
+  def kernel_maps(self, frame0: jax.Array, frame1: jax.Array, *,
+                  conv: ConvOptions = ConvOptions()) -> KernelMaps:
+    """The four kernel maps, each (B, H, W, K), float32, for frames (B, H, W, 3) with
+    H, W % 32 == 0; `conv` says how the convolutions run (default: the backend's fastest)."""
     for name, frame in (("frame0", frame0), ("frame1", frame1)):
       if frame.ndim != 4 or frame.shape[-1] != 3:
         raise ValueError(f"{name}.shape={frame.shape} must be (B, H, W, 3)")
@@ -275,35 +313,40 @@ class SepConvNet(nnx.Module):
       raise ValueError(f"{height=} and {width=} must be multiples of {SIZE_MULTIPLE}; pad with "
                        "sepconv_jax.padding (policies 'paper' and 'improved') for other sizes")
 
+    # Resolved once here (not in every layer), so that one call's layers all run alike.
+    conv = conv.resolved()
     x = jnp.concatenate([frame0, frame1], axis=-1)
     skips = []
     for stack in self.encoder:
-      x = stack(x)
+      x = stack(x, conv)
       skips.append(x)
       x = average_pool2x(x)
     # skips[4] (1/16 res) joins after decoder[0], ..., skips[1] (1/2 res) after decoder[3].
     for stack, upsample, skip in zip(self.decoder, self.upsamplers, reversed(skips[1:])):
-      x = upsample(stack(x)) + skip
+      x = upsample(stack(x, conv), conv) + skip
     return KernelMaps(
-        vertical0=self.vertical_subnets[0](x),
-        horizontal0=self.horizontal_subnets[0](x),
-        vertical1=self.vertical_subnets[1](x),
-        horizontal1=self.horizontal_subnets[1](x),
+        vertical0=self.vertical_subnets[0](x, conv),
+        horizontal0=self.horizontal_subnets[0](x, conv),
+        vertical1=self.vertical_subnets[1](x, conv),
+        horizontal1=self.horizontal_subnets[1](x, conv),
     )
 
-  def __call__(self, frame0: jax.Array, frame1: jax.Array, *,
+  def __call__(self, frame0: jax.Array, frame1: jax.Array, *, conv: ConvOptions = ConvOptions(),
                return_kernels: bool = False) -> jax.Array | tuple[jax.Array, KernelMaps]:
     """Interpolates the frame halfway between `frame0` and `frame1`.
 
     Args:
       frame0, frame1: (B, H, W, 3) in [0, 1], H and W multiples of 32, channel order as the
         checkpoint records.
+      conv: How the convolutions run: compute precision and implementation (`ConvOptions`;
+        default: the backend's fastest accurate choice). The kernel maps, the separable local
+        convolution and the output are float32 in every precision.
       return_kernels: Also return the four kernel maps (for inspection and kernel losses).
 
     Returns:
       The frame (B, H, W, 3), or (frame, KernelMaps) with `return_kernels`.
     """
-    kernels = self.kernel_maps(frame0, frame1)
+    kernels = self.kernel_maps(frame0, frame1, conv=conv)
     if self.config.kernel_normalisation:
       # One extra channel of ones goes through the op with the image: its output is the sum of
       # the kernel weights each pixel sees (both frames together), which the image is divided by.

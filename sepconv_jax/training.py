@@ -68,10 +68,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pallas_kernels.conv import xla_compiler_options
 from sepconv_jax import checkpoint as checkpoint_lib
 from sepconv_jax import losses, metrics as metrics_lib
 from sepconv_jax.configs import TrainConfig
-from sepconv_jax.model import SepConvNet
+from sepconv_jax.model import ConvOptions, SepConvNet
 from sepconv_jax.padding import run_padded
 
 DATA_AXIS = "data"
@@ -83,10 +84,12 @@ BEST_METRIC = "psnr"
 CHANNEL_ORDER = "RGB"  # data.pipeline delivers RGB
 SAMPLE_PADDING = "improved"
 
-# Fields that may change between a run and its --resume without changing what is computed.
+# Fields that may change between a run and its --resume without changing what is computed (the
+# compute precision changes only the rounding of the convolutions' operands, not the state: a
+# run may resume on a machine with another default precision; bit-exact resumes need the same).
 RESUMABLE_CHANGES = frozenset({"epochs", "steps", "checkpoint_every", "keep_checkpoints",
                                "log_every", "num_samples", "data_threads", "validation_batches",
-                               "data_dir"})
+                               "data_dir", "precision"})
 
 # The config fields that define the learning rate (`learning_rate_schedule`'s parameters).
 _SCHEDULE_FIELDS = ("learning_rate", "warmup_steps", "decay_start", "decay_end",
@@ -187,19 +190,21 @@ def create_train_state(config: TrainConfig, *, params: nnx.State | None = None
   return graphdef, state
 
 
-def predict(graphdef: nnx.GraphDef, params: nnx.State, batch: Mapping[str, jax.Array]
-            ) -> jax.Array:
-  return nnx.merge(graphdef, params)(batch["x0"], batch["x1"])
+def predict(graphdef: nnx.GraphDef, params: nnx.State, batch: Mapping[str, jax.Array],
+            conv: ConvOptions = ConvOptions()) -> jax.Array:
+  return nnx.merge(graphdef, params)(batch["x0"], batch["x1"], conv=conv)
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef,
                loss_fn: losses.Loss, optimizer: optax.GradientTransformation,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One AdaMax step on `batch`; pure. With `axis_name`, averages over that mapped axis."""
+               axis_name: str | None = None, conv: ConvOptions = ConvOptions()
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdaMax step on `batch`; pure. With `axis_name`, averages over that mapped axis; `conv`
+  says how the network's convolutions run (precision, implementation)."""
   rng, _ = jax.random.split(state.rng)
 
   def compute_loss(params):
-    return loss_fn(batch, predict(graphdef, params, batch))
+    return loss_fn(batch, predict(graphdef, params, batch, conv))
 
   # Gradients flow through the op's custom VJP (C++ kernel on CPU, Pallas on GPU).
   loss, grads = jax.value_and_grad(compute_loss)(state.params)
@@ -212,9 +217,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: n
 
 
 def eval_step(params: nnx.State, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef,
-              axis_name: str | None = None) -> dict[str, jax.Array]:
+              axis_name: str | None = None, conv: ConvOptions = ConvOptions()
+              ) -> dict[str, jax.Array]:
   """Sums of per-image PSNR and Gaussian SSIM over the examples where batch["mask"] is 1."""
-  prediction = predict(graphdef, params, batch)
+  prediction = predict(graphdef, params, batch, conv)
   mask = batch["mask"]
   sums = {"psnr": jnp.sum(metrics_lib.psnr(prediction, batch["y"]) * mask),
           "ssim": jnp.sum(metrics_lib.ssim_gaussian(prediction, batch["y"]) * mask),
@@ -230,31 +236,42 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(devices, (DATA_AXIS,))
 
 
+def _jit_options(conv: ConvOptions) -> dict[str, str]:
+  """Per-computation XLA options for the network's convolution path (`xla_compiler_options`)."""
+  return xla_compiler_options(impl=conv.impl, precision=conv.precision)
+
+
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: losses.Loss,
-                    optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh
+                    optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                    conv: ConvOptions = ConvOptions()
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
   """`train_step` jitted over `mesh`: batch split on its first axis, state replicated, donated."""
+  conv = conv.resolved()
   step = functools.partial(train_step, graphdef=graphdef, loss_fn=loss_fn, optimizer=optimizer,
-                           axis_name=DATA_AXIS)
+                           axis_name=DATA_AXIS, conv=conv)
   # check_vma=False: the pmean above is the one explicit reduction (with VMA checking on, grad
   # of replicated parameters would already be summed over devices).
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()),
                           check_vma=False)
-  return jax.jit(sharded, donate_argnums=0)
+  return jax.jit(sharded, donate_argnums=0, compiler_options=_jit_options(conv))
 
 
-def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
-  step = functools.partial(eval_step, graphdef=graphdef, axis_name=DATA_AXIS)
+def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh,
+                   conv: ConvOptions = ConvOptions()):
+  conv = conv.resolved()
+  step = functools.partial(eval_step, graphdef=graphdef, axis_name=DATA_AXIS, conv=conv)
   return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(),
-                               check_vma=False))
+                               check_vma=False), compiler_options=_jit_options(conv))
 
 
 @functools.lru_cache(maxsize=16)
-def _step_functions(graphdef: nnx.GraphDef, loss_fn: losses.Loss, adamax_settings: tuple, mesh):
+def _step_functions(graphdef: nnx.GraphDef, loss_fn: losses.Loss, adamax_settings: tuple, mesh,
+                    conv: ConvOptions):
   """(train step, eval step), cached so that runs of one configuration in a process (tests,
   sweeps) compile them once."""
   optimizer = adamax(*adamax_settings)
-  return make_train_step(graphdef, loss_fn, optimizer, mesh), make_eval_step(graphdef, mesh)
+  return (make_train_step(graphdef, loss_fn, optimizer, mesh, conv),
+          make_eval_step(graphdef, mesh, conv))
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
@@ -432,18 +449,20 @@ def _sample_triplets(data_dir: str, count: int) -> list[tuple[np.ndarray, np.nda
 
 
 @functools.lru_cache(maxsize=8)
-def _sample_net(graphdef: nnx.GraphDef):
-  return jax.jit(lambda params, a, b: nnx.merge(graphdef, params)(a, b))
+def _sample_net(graphdef: nnx.GraphDef, conv: ConvOptions):
+  return jax.jit(lambda params, a, b: nnx.merge(graphdef, params)(a, b, conv=conv),
+                 compiler_options=_jit_options(conv))
 
 
 class _Samples:
   """Interpolates the sample triplets with the current parameters; writes PNGs and TensorBoard."""
 
-  def __init__(self, graphdef: nnx.GraphDef, triplets, kernel_size: int, directory: pathlib.Path):
+  def __init__(self, graphdef: nnx.GraphDef, triplets, kernel_size: int, directory: pathlib.Path,
+               conv: ConvOptions):
     self._triplets = triplets
     self._kernel_size = kernel_size
     self._directory = directory
-    self._net = _sample_net(graphdef)
+    self._net = _sample_net(graphdef, conv)
 
   def write(self, params: nnx.State, step: int, writer) -> None:
     import cv2  # pylint: disable=import-outside-toplevel
@@ -537,6 +556,10 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
   import tqdm  # pylint: disable=import-outside-toplevel
   from data import builder, pipeline  # pylint: disable=import-outside-toplevel
 
+  # The compute precision is resolved here and recorded in config.json with the rest.
+  conv = ConvOptions(config.precision).resolved()
+  config = dataclasses.replace(config, precision=conv.precision)
+
   try:
     tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the accelerators
   except RuntimeError:
@@ -611,7 +634,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     (workdir / "config.json").write_text(config.to_json())
 
   train_step_fn, eval_step_fn = _step_functions(
-      graphdef, loss_fn, _adamax_settings(config), mesh)
+      graphdef, loss_fn, _adamax_settings(config), mesh, conv)
   dataset = pipeline.train_dataset(
       data_dir, batch_size=local_batch, crop_size=config.crop_size, seed=config.seed,
       process_index=jax.process_index(), process_count=hosts,
@@ -625,7 +648,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
   samples = None
   if is_main and has_validation and config.num_samples:
     samples = _Samples(graphdef, _sample_triplets(data_dir, config.num_samples),
-                       config.model.kernel_size, workdir / "samples")
+                       config.model.kernel_size, workdir / "samples", conv)
 
   history: list[tuple[int, float]] = []
   validation_scores: dict[int, dict[str, float]] = {}

@@ -216,6 +216,8 @@ def test_script_errors_are_one_line(tmp_path):
   assert result.returncode == 2 and "--out" in result.stderr
   result = run_script("--video", "a.mp4", "--out", "b.mp4", "--factor", "3")
   assert result.returncode == 2 and "--factor" in result.stderr
+  result = run_script("--pair", "a.png", "b.png", "--out", "m.png", "--precision", "float16")
+  assert result.returncode == 2 and "--precision" in result.stderr
   # A damaged input, found by the real process: one line, no traceback, nothing written.
   damaged = tmp_path / "damaged.mp4"
   damaged.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
@@ -360,6 +362,27 @@ def test_ensemble_flag_reaches_the_interpolator(tiny_model, tmp_path, capsys, mo
   assert [i.ensemble for i in loaded] == [True]
   middle = media.read_image(tmp_path / "mid.png").astype(np.float64)
   assert mean_error(middle, (frames[0].astype(np.float64) + frames[1]) / 2) < 1.0
+
+
+@pytest.mark.parametrize("flag, expected", [("float32", "float32"), ("bfloat16", "bfloat16"),
+                                            ("auto", None)])
+def test_precision_flag_reaches_the_interpolator_and_the_summary(tiny_model, tmp_path, capsys,
+                                                                 monkeypatch, flag, expected):
+  from pallas_kernels.conv import default_precision  # pylint: disable=import-outside-toplevel
+  loaded = []
+  original = cli.load_interpolator
+  monkeypatch.setattr(cli, "load_interpolator",
+                      lambda *a, **k: loaded.append(original(*a, **k)) or loaded[-1])
+  for name, frame in zip(("a.png", "b.png"), pattern_frames(2)):
+    media.write_image(frame, tmp_path / name)
+  code, out, stderr = run_main(capsys, "--pair", tmp_path / "a.png", tmp_path / "b.png", "--out",
+                               tmp_path / "mid.png", "--model", tiny_model, "--precision", flag)
+  assert code == 0, stderr
+  expected = expected or default_precision()
+  assert [i.precision for i in loaded] == [expected]
+  # The closing line says how the network ran.
+  assert out.strip().endswith(f"network: {loaded[0].describe_compute()}")
+  assert loaded[0].describe_compute().endswith(expected)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ produce the same frames, full width and K = 51, through the padding policies.
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -19,6 +20,7 @@ torch = pytest.importorskip("torch")
 from flax import nnx  # noqa: E402
 
 from sepconv_jax import checkpoint, convert, padding  # noqa: E402
+from sepconv_jax.model import ConvOptions  # noqa: E402
 from tests.torch_sepconv import TorchSepConvNet, estimate  # noqa: E402
 
 SUBNETS = ("moduleVertical1", "moduleVertical2", "moduleHorizontal1", "moduleHorizontal2")
@@ -74,21 +76,25 @@ def test_metadata_records_bgr(converted):
 @pytest.fixture(scope="module")
 def jax_forward(converted):
   model, _ = converted
-  forward = nnx.jit(lambda m, a, b: m(a, b))
-  return lambda a, b: forward(model, a, b)
+  forward = nnx.jit(lambda m, a, b, conv: m(a, b, conv=conv), static_argnums=3)
+  return lambda a, b, conv=ConvOptions("float32"): forward(model, a, b, conv)
 
 
 # Both cases run the network at 128x128 (one compilation): 25 + 64 + 25 -> 128 for 'paper', and
-# 64x96 -> 128x128 for 'improved'.
-@pytest.mark.parametrize("height, width, policy", [(64, 64, "paper"), (64, 96, "improved")])
-def test_converted_weights_match_pytorch(torch_network, jax_forward, height, width, policy):
+# 64x96 -> 128x128 for 'improved'. float32 on the default convolution path (oneDNN on CPU) and
+# on XLA must both match PyTorch's float32 network.
+@pytest.mark.parametrize("height, width, policy, conv_impl", [
+    (64, 64, "paper", None), (64, 96, "improved", None), (64, 64, "paper", "xla")])
+def test_converted_weights_match_pytorch(torch_network, jax_forward, height, width, policy,
+                                         conv_impl):
   rng = np.random.default_rng(height + width)
   frame0, frame1 = (rng.random((1, height, width, 3), np.float32) for _ in range(2))
   with torch.no_grad():
     expected = estimate(torch_network, *(torch.from_numpy(f).permute(0, 3, 1, 2)
                                          for f in (frame0, frame1)), padding=policy)
   expected = expected.permute(0, 2, 3, 1).numpy()
-  actual = np.asarray(padding.run_padded(jax_forward, frame0, frame1, policy=policy))
+  forward = functools.partial(jax_forward, conv=ConvOptions("float32", conv_impl))
+  actual = np.asarray(padding.run_padded(forward, frame0, frame1, policy=policy))
   assert actual.shape == expected.shape == (1, height, width, 3)
   assert expected.std() > 0.1  # the comparison is not between two near-zero frames
   np.testing.assert_array_less(np.abs(actual - expected).max(), 1e-4)

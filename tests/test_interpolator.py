@@ -144,3 +144,20 @@ def test_bad_settings_raise_value_error(model):
     Interpolator(model).multiply(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)), 3)
   with pytest.raises(ValueError, match="overlap"):
     TileSettings(size=64, overlap=32)
+
+
+@pytest.mark.parametrize("conv_impl", [None, "xla"])
+def test_precisions_agree_and_are_reported(model, conv_impl):
+  first, second = _pattern(64, 96), _pattern(64, 96, shift=3)
+  outputs = {}
+  for precision in ("float32", "bfloat16"):
+    interpolator = Interpolator(model, precision=precision, conv_impl=conv_impl)
+    assert interpolator.precision == precision
+    assert interpolator.describe_compute().endswith(precision)
+    outputs[precision] = np.asarray(interpolator(first, second))
+  # bfloat16 operands change the output slightly, not wholesale.
+  difference = np.abs(outputs["float32"] - outputs["bfloat16"])
+  assert 0 < difference.max() < 0.02, difference.max()
+  assert Interpolator(model).precision in ("float32", "bfloat16")
+  with pytest.raises(ValueError, match="precision"):
+    Interpolator(model, precision="float16")

@@ -61,6 +61,9 @@ def test_configs():
     default.with_overrides(warmup_steps=-1)
   assert cpu.model == SepConvConfig(frame_average_init=True, kernel_normalisation=True)
   assert cpu.data_dir == default.data_dir  # the default (motion-selected) cache
+  assert default.precision is None  # the backend's default, resolved when training starts
+  with pytest.raises(ValueError, match="precision"):
+    default.with_overrides(precision="float16")
 
 
 def test_metrics_match_numpy_and_skimage():
@@ -208,6 +211,25 @@ def test_resume_is_bit_exact(data_dir, tmp_path):
   with pytest.raises(training.TrainingError, match="differs .* at step 6"):
     training.train(config.with_overrides(steps=9, decay_start=5, decay_end=9), tmp_path / "b",
                    resume=True, progress=False)
+
+
+def test_precision_is_recorded_and_may_change_on_resume(data_dir, tmp_path):
+  config = tiny(data_dir, steps_per_epoch=2, checkpoint_every=2, num_samples=0)
+  results = {}
+  for precision in ("float32", "bfloat16"):
+    results[precision] = training.train(config.with_overrides(steps=2, precision=precision),
+                                        tmp_path / precision, progress=False)
+    stored = json.loads((tmp_path / precision / "config.json").read_text())
+    assert stored["precision"] == precision
+  # Same data, same start: the two precisions train alike but not bit for bit.
+  losses_f32, losses_bf16 = (np.array([loss for _, loss in r.history]) for r in results.values())
+  np.testing.assert_allclose(losses_bf16, losses_f32, rtol=2e-2)
+  # The default is resolved and recorded; a resume may switch precision.
+  resumed = training.train(config.with_overrides(steps=4), tmp_path / "float32", resume=True,
+                           progress=False)
+  assert resumed.step == 4
+  assert json.loads((tmp_path / "float32" / "config.json").read_text())["precision"] in (
+      "float32", "bfloat16")
 
 
 def test_learning_rate_schedule():

@@ -44,10 +44,7 @@
 #include <immintrin.h>  // only for the non-temporal stores in stream_store()
 #endif
 
-#if defined(__linux__)
-#include <sys/mman.h>  // madvise, see advise_huge_pages()
-#endif
-
+#include "huge_pages.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -734,24 +731,6 @@ bool same_dims(const ffi::Buffer<ffi::F32>& a, int64_t d0, int64_t d1, int64_t d
 
 bool same_map_dims(const ffi::Buffer<ffi::F32>& a, const Geom& g) {
   return g.bhwk ? same_dims(a, g.B, g.H, g.W, g.K) : same_dims(a, g.B, g.K, g.H, g.W);
-}
-
-// XLA allocates every output afresh, and a large allocation comes straight from the OS: the first
-// write to each 4 KiB page faults. d_vertical and d_horizontal (2 * K * H * W floats, 125 MB at
-// 640x480, K = 51) took ~30k faults per call, as long as the arithmetic itself. Asking for
-// transparent huge pages on the (2 MiB-aligned part of the) output, before it is touched, makes
-// that a few dozen faults. Only a hint: where it is refused or unsupported nothing changes.
-void advise_huge_pages(void* data, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (bytes < 4 * kHuge) return;
-  const uintptr_t lo = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t hi = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)bytes;
-#endif
 }
 
 // Rows per d_image work unit: large enough that the band's halo of K - 1 source rows is cheap,

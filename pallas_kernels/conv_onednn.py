@@ -1,0 +1,183 @@
+"""The network's 2D convolution on oneDNN (the library PyTorch's CPU convolutions use), behind
+`jax.ffi`, with a custom VJP: forward, input gradient and weight gradient each one oneDNN call.
+
+Conventions (those of `pallas_kernels.conv`): x (N, H, W, Ci) NHWC, kernel (KH, KW, Ci, Co) HWIO
+with odd KH and KW, "SAME" zero padding, stride 1, bias (Co); the result is float32. With
+`precision="bfloat16"` the operands of each convolution (x, kernel and, in the backward pass, the
+cotangent) are rounded to bfloat16 and the products accumulate in float32, which oneDNN runs on the
+CPU's bfloat16 units (AVX512-BF16 dot products, AMX tiles); results, gradients and the cotangents
+passed on between layers stay float32, and the bias gradient is summed from the float32 cotangent.
+
+oneDNN comes from PyPI (`onednn-cpu-gomp` with `onednn-devel-cpu-gomp`: the shared library and
+headers installed under the environment's prefix, or a tree named by `$ONEDNN_ROOT`). The glue,
+`csrc/conv_onednn.cc`, is compiled on first use and cached like the separable-convolution kernel
+(`pallas_kernels._native`), keyed also by the oneDNN version.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import re
+import site
+import sys
+import sysconfig
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels._native import CSRC, NativeLibrary
+
+__all__ = ["bfloat16_native", "conv_onednn", "cpu_isa", "onednn_available",
+           "onednn_unavailable_reason", "onednn_version"]
+
+_TARGETS = {
+    "sepconv_jax_onednn_conv_forward": "OnednnConvForward",
+    "sepconv_jax_onednn_conv_backward_data": "OnednnConvBackwardData",
+    "sepconv_jax_onednn_conv_backward_weights": "OnednnConvBackwardWeights",
+}
+_INSTALL_HINT = "pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0"
+
+# dnnl_cpu_isa_t masks (oneapi/dnnl/dnnl_types.h): an instruction set includes the bits of every
+# level it extends, so "at least X" is `isa & X == X`.
+_ISA_MASKS = {  # highest first
+    "avx512_core_amx": 0xFEF,
+    "avx512_core_fp16": 0x1EF,
+    "avx512_core_bf16": 0xE7,
+    "avx512_core_vnni": 0x67,
+    "avx512_core": 0x27,
+    "avx2_vnni_2": 0x1F,
+    "avx2_vnni": 0xF,
+    "avx2": 0x7,
+    "avx": 0x3,
+    "sse41": 0x1,
+}
+
+
+def _onednn_prefix() -> pathlib.Path:
+  """The installation holding include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so*."""
+  env = os.environ.get("ONEDNN_ROOT")
+  candidates = [env] if env else [sys.prefix, sysconfig.get_paths()["data"], site.USER_BASE]
+  for candidate in candidates:
+    if not candidate:
+      continue
+    root = pathlib.Path(candidate)
+    if ((root / "include" / "oneapi" / "dnnl" / "dnnl.hpp").is_file()
+        and any((root / "lib").glob("libdnnl.so*"))):
+      return root
+  where = f"$ONEDNN_ROOT={env}" if env else f"{sys.prefix}"
+  raise RuntimeError(f"oneDNN headers and library not found under {where} ({_INSTALL_HINT})")
+
+
+def onednn_version(prefix: pathlib.Path | None = None) -> str:
+  """The installed oneDNN's version (major.minor.patch+hash), read from its headers."""
+  header = (prefix or _onednn_prefix()) / "include" / "oneapi" / "dnnl" / "dnnl_version.h"
+  text = header.read_text()
+  parts = [re.search(rf"#define DNNL_VERSION_{p}\s+(\d+)", text) for p in
+           ("MAJOR", "MINOR", "PATCH")]
+  version = ".".join(m.group(1) if m else "?" for m in parts)
+  hash_header = header.with_name("dnnl_version_hash.h")
+  text = hash_header.read_text() if hash_header.is_file() else text
+  found = re.search(r'#define DNNL_VERSION_HASH\s+"(\w+)"', text)
+  return version + (f"+{found.group(1)[:12]}" if found else "")
+
+
+class _OnednnLibrary(NativeLibrary):
+  """The glue library, whose flags depend on where oneDNN is (found on first use, not import)."""
+
+  def build(self):
+    prefix = _onednn_prefix()
+    lib = prefix / "lib"
+    self.compile_flags = ("-O2", f"-I{prefix / 'include'}")
+    # -Bsymbolic: the glue's own copies of oneDNN's inline C++ wrappers bind to themselves, not to
+    # another copy of oneDNN that PyTorch or TensorFlow may have loaded into the process.
+    self.link_flags = (f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}", "-Wl,-Bsymbolic")
+    self.key_parts = (onednn_version(prefix), str(prefix))
+    return super().build()
+
+
+_LIBRARY = _OnednnLibrary("conv_onednn", CSRC / "conv_onednn.cc", _TARGETS)
+
+
+def onednn_available() -> bool:
+  """True when oneDNN is installed and the glue is built (or cached), loaded and registered."""
+  return _LIBRARY.available()
+
+
+def onednn_unavailable_reason() -> str | None:
+  """Why `onednn_available()` is False, in one line; None when it is available."""
+  return _LIBRARY.unavailable_reason()
+
+
+@functools.cache
+def cpu_isa() -> str:
+  """oneDNN's name for the best instruction set it uses on this CPU (e.g. "avx512_core_amx")."""
+  isa = int(_LIBRARY.require().OnednnConvCpuIsa())
+  for name, mask in _ISA_MASKS.items():
+    if isa & mask == mask:
+      return name
+  return "default"
+
+
+def bfloat16_native() -> bool:
+  """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16, AMX, AVX2-VNNI-2): only then
+  is bfloat16 faster than float32; elsewhere oneDNN emulates it."""
+  return onednn_available() and cpu_isa() in ("avx512_core_amx", "avx512_core_fp16",
+                                              "avx512_core_bf16", "avx2_vnni_2")
+
+
+def _forward_call(x, kernel, bias):
+  out = jax.ShapeDtypeStruct(x.shape[:3] + kernel.shape[3:], jnp.float32)
+  return jax.ffi.ffi_call("sepconv_jax_onednn_conv_forward", out,
+                          vmap_method="sequential")(x, kernel, bias)
+
+
+# Static arguments: the operand dtype, and the arguments' dtypes (the gradients' dtypes).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv(x, kernel, bias, operand_dtype, dtypes):
+  del dtypes
+  return _forward_call(x.astype(operand_dtype), _weights(kernel), bias.astype(jnp.float32))
+
+
+def _weights(kernel):
+  # float32 or bfloat16 go to oneDNN as they are: its reorder into the primitive's blocked layout
+  # also rounds them to the operand dtype, in the same pass.
+  return kernel if kernel.dtype in (jnp.float32, jnp.bfloat16) else kernel.astype(jnp.float32)
+
+
+def _conv_fwd(x, kernel, bias, operand_dtype, dtypes):
+  del dtypes
+  x_op, kernel_op = x.astype(operand_dtype), _weights(kernel)
+  # The rounded activations are a residual: half the memory of float32 ones in bfloat16, and the
+  # weight gradient reads them in that dtype anyway.
+  return _forward_call(x_op, kernel_op, bias.astype(jnp.float32)), (x_op, kernel_op)
+
+
+def _conv_bwd(operand_dtype, dtypes, residuals, g):
+  x_op, kernel_op = residuals
+  x_dtype, kernel_dtype, bias_dtype = dtypes
+  g_op = g.astype(operand_dtype)
+  d_x = jax.ffi.ffi_call("sepconv_jax_onednn_conv_backward_data",
+                         jax.ShapeDtypeStruct(x_op.shape, jnp.float32),
+                         vmap_method="sequential")(g_op, kernel_op)
+  d_kernel = jax.ffi.ffi_call("sepconv_jax_onednn_conv_backward_weights",
+                              jax.ShapeDtypeStruct(kernel_op.shape, jnp.float32),
+                              vmap_method="sequential")(x_op, g_op)
+  d_bias = jnp.sum(g.astype(jnp.float32), axis=(0, 1, 2))
+  return d_x.astype(x_dtype), d_kernel.astype(kernel_dtype), d_bias.astype(bias_dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_onednn(x: jax.Array, kernel: jax.Array, bias: jax.Array,
+                operand_dtype=jnp.float32) -> jax.Array:
+  """conv(x, kernel) + bias on oneDNN (see the module docstring); float32 (N, H, W, Co).
+
+  Differentiable in all three arguments (gradients in each argument's dtype). Raises RuntimeError
+  with the reason when oneDNN or the glue is unavailable.
+  """
+  _LIBRARY.require()
+  dtypes = (jnp.dtype(x.dtype), jnp.dtype(kernel.dtype), jnp.dtype(bias.dtype))
+  return _conv(x, kernel, bias, jnp.dtype(operand_dtype), dtypes)
