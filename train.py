@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--validation-batches", type=_positive(int),
                  help="validate on at most this many batches (default: the whole split)")
   p.add_argument("--samples", type=int, help="full frames interpolated per validation")
+  p.add_argument("--full-validation", type=int, metavar="N",
+                 help="also score N full-frame held-out triplets at each validation, overall and "
+                      "by motion (<4px, 4-16px, >16px), and rank checkpoints by them (0: off)")
+  p.add_argument("--full-validation-gap", type=_positive(int), metavar="G",
+                 help="those triplets are frames (n-G, n, n+G) (default 1; 2 doubles the motion)")
+  p.add_argument("--centroid-weight", type=float, metavar="W",
+                 help="flow-guided kernels: add W x the distance of each kernel's centroid from "
+                      "the optical flow to the true middle frame (pixels; 0: off)")
+  p.add_argument("--centroid-steps", type=_positive(int), metavar="N",
+                 help="anneal --centroid-weight linearly to 0 at step N (default: constant)")
   p.add_argument("--seed", type=int)
   p.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
                  help="the convolutions' compute precision: bfloat16 operands with float32 "
@@ -144,7 +154,9 @@ def main(argv=None) -> int:
         epochs=args.epochs, steps=args.steps, steps_per_epoch=args.steps_per_epoch,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
         log_every=args.log_every, seed=args.seed, validation_batches=args.validation_batches,
-        num_samples=args.samples,
+        num_samples=args.samples, full_validation=args.full_validation,
+        full_validation_gap=args.full_validation_gap, centroid_weight=args.centroid_weight,
+        centroid_steps=args.centroid_steps,
         precision=None if args.precision in (None, "auto") else args.precision)
     if args.epochs is not None:  # --epochs given: the config's step count must not win
       config = dataclasses.replace(config, steps=None)

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 import tqdm
 
-from data import sources
+from data import flow, sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,26 +161,6 @@ def is_cut(frame_a: np.ndarray, frame_b: np.ndarray, *, bins: int = 8,
   return histogram_difference(frame_a, frame_b, bins=bins) > threshold
 
 
-_DIS = None
-
-
-def flow_magnitude(frame_a: np.ndarray, frame_b: np.ndarray, *, downscale: int = 2) -> np.ndarray:
-  """|flow| from frame_a to frame_b (DIS, MEDIUM) at 1/downscale resolution, in full-res pixels."""
-  global _DIS
-  if _DIS is None:
-    _DIS = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-
-  def grey(frame):
-    g = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    if downscale > 1:
-      g = cv2.resize(g, (g.shape[1] // downscale, g.shape[0] // downscale),
-                     interpolation=cv2.INTER_AREA)
-    return g
-
-  flow = _DIS.calc(grey(frame_a), grey(frame_b), None)
-  return np.hypot(flow[..., 0], flow[..., 1]) * downscale
-
-
 def keep_probability(mean_flow: np.ndarray | float, config: ExtractConfig) -> np.ndarray:
   p = config.keep_floor + (1.0 - config.keep_floor) * np.minimum(
       1.0, np.asarray(mean_flow, np.float64) / config.flow_scale)
@@ -241,7 +221,7 @@ def extract_triplet(frames: tuple[np.ndarray, np.ndarray, np.ndarray], *, sequen
   if max(histogram_distance(h0, h1), histogram_distance(h1, h2)) > config.cut_threshold:
     counts.cuts = 1
     return [], counts
-  flow_mag = flow_magnitude(x0, x1, downscale=config.flow_downscale)
+  flow_mag = flow.flow_magnitude(x0, x1, downscale=config.flow_downscale)
   rng = triplet_rng(config.seed, sequence, frame)
   size = config.patch_size
   patches = []

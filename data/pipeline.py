@@ -17,6 +17,13 @@ derived from (seed, process_index, position of the example in this host's stream
 seeded too. So a seed fixes the whole stream, and `augment(example, seed)` gives the same result
 run eagerly as inside tf.data.
 
+Flows (`flows=True`, for the kernel-centroid loss): after augmentation, OpenCV's DIS optical flow
+from the middle frame to each input frame of the crop, with a forward-backward consistency mask
+(`data.flow.middle_flows`): "flow0", "flow1" (H, W, 2) float32 pixels (dx, dy) and "valid0",
+"valid1" (H, W) float32 0/1. Computed on the final crop, so they follow every augmentation (the
+downscale, orientation and temporal swap) by construction; privileged information, since they
+use the true middle frame, for training only.
+
 Multi-host: `process_index` / `process_count` (the training code passes `jax.process_index()` and
 `jax.process_count()`; this package does not import jax) select an even, disjoint share of the
 examples with `tfds.even_splits`; hosts also fold their index into the augmentation seeds.
@@ -33,7 +40,7 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data import builder
+from data import builder, flow
 
 FRAMES = ("x0", "y", "x1")  # temporal order in the stacked (3, H, W, C) representation
 IDENTITY, ROT90, FLIP_UP_DOWN, FLIP_LEFT_RIGHT = range(4)
@@ -138,6 +145,21 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0) -
   return unstack_frames(frames)
 
 
+FLOW_KEYS = ("flow0", "valid0", "flow1", "valid1")
+
+
+def add_flows(example: dict) -> dict:
+  """`example` with the flows from "y" to "x0" and "x1" and their masks (module docstring)."""
+  to_uint8 = lambda frame: tf.cast(tf.round(tf.clip_by_value(frame, 0.0, 1.0) * 255.0), tf.uint8)
+  outputs = tf.numpy_function(flow.middle_flows,
+                              [to_uint8(example[k]) for k in ("x0", "y", "x1")],
+                              [tf.float32] * 4, stateful=False)
+  height, width = example["y"].shape[:2]
+  shapes = ([height, width, 2], [height, width]) * 2
+  return {**example, **{key: tf.ensure_shape(value, shape)
+                        for key, value, shape in zip(FLOW_KEYS, outputs, shapes)}}
+
+
 def pipeline_options(threads: int = 2) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
@@ -181,8 +203,9 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
                   seed: int = 0, process_index: int = 0, process_count: int = 1,
                   shuffle_buffer: int = 1024, threads: int = 2, repeat: bool = True,
                   split: str = builder.TRAIN, config: str | None = None,
-                  min_scale: float = 1.0) -> tf.data.Dataset:
-  """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`."""
+                  min_scale: float = 1.0, flows: bool = False) -> tf.data.Dataset:
+  """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`;
+  with `flows`, also the optical flows of each crop (module docstring)."""
   if not 0.0 < min_scale <= 1.0:
     raise ValueError(f"{min_scale=} must be in (0, 1]")
   dataset = read_split(data_dir, split, process_index=process_index,
@@ -197,6 +220,8 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
       lambda index, example: augment(example, element_seed(seed, process_index, index),
                                      crop_size, min_scale),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if flows:
+    dataset = dataset.map(add_flows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options(threads))
 

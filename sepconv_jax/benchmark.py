@@ -4,6 +4,7 @@
   python -m sepconv_jax.benchmark --dataset ucf101 --root ../shared/data/ucf101_interp \\
       --baseline average --json average.json
   python -m sepconv_jax.benchmark --dataset video --root clip.mp4 --padding paper
+  python -m sepconv_jax.benchmark --dataset davis --root ../shared/data/davis_480p --motion
 
 Prints one row per item (PSNR, SSIM, seconds) and the means; `--json FILE` writes
 {"dataset", "model", "psnr", "ssim", "per_item": {...}, ...}. The metrics, layouts and timing are
@@ -30,10 +31,15 @@ datasets (--root):
               ucf101_interp_ours/); motion masks from motion_masks_ucf101_interp/ next to it
   video       a video file, a folder of videos or a folder of frames: triplets (n-1, n, n+1)
               every --every frames, n = 1, 1 + every, ...; predict frame n
+  davis       full 854x480 frames of the DAVIS sequences --sequences (default: the ones the
+              project's training holds out, cows and drift-chicane) under <root>/JPEGImages/480p/
+              or <root>/, triplets as for video every --every (default 10) frames
 
 metrics: PSNR over RGB uint8 frames (rounded), data range 255; SSIM as scikit-image computes it
   (7x7 uniform window), which the published SepConv numbers use; --gaussian-ssim adds the
-  11x11-Gaussian ("MATLAB") SSIM, labelled SSIM-G. Seconds per frame exclude jit compilation.
+  11x11-Gaussian ("MATLAB") SSIM, labelled SSIM-G. --motion adds PSNR by motion magnitude (<4px,
+  4-16px, >16px: the larger DIS optical flow from the true middle frame to an input frame).
+  Seconds per frame exclude jit compilation.
 """
 
 
@@ -74,8 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--masks", metavar="DIR|auto|none", default="auto",
                       help="ucf101: motion-mask folder for the motion-region PSNR (default: auto, "
                            "motion_masks_ucf101_interp/ next to the triplets)")
-  parser.add_argument("--every", type=int, default=evaluation.VIDEO_EVERY, metavar="N",
-                      help=f"video: one triplet every N frames (default: {evaluation.VIDEO_EVERY})")
+  parser.add_argument("--every", type=int, metavar="N",
+                      help=f"video, davis: one triplet every N frames (default: "
+                           f"{evaluation.VIDEO_EVERY} for video, {evaluation.DAVIS_EVERY} for davis)")
+  parser.add_argument("--sequences", metavar="A,B,...",
+                      help="davis: comma-separated sequence names (default: "
+                           f"{','.join(evaluation.DAVIS_HELD_OUT)})")
+  parser.add_argument("--gap", type=int, default=1, metavar="G",
+                      help="davis: predict frame n from frames n-G and n+G (default 1; 2 doubles "
+                           "the motion)")
+  parser.add_argument("--motion", action="store_true",
+                      help="also PSNR by motion magnitude (optical flow per item)")
   parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N items only")
   parser.add_argument("--summary-only", action="store_true", help="print the means only")
   return parser
@@ -88,21 +103,29 @@ def _format(value: float | None, digits: int) -> str:
 class _Table:
   """Prints rows as items are scored, then the mean."""
 
-  def __init__(self, *, gaussian: bool, masked: bool, width: int, quiet: bool):
-    self.gaussian, self.masked, self.quiet = gaussian, masked, quiet
+  def __init__(self, *, gaussian: bool, masked: bool, motion: bool, width: int, quiet: bool):
+    self.gaussian, self.masked, self.motion, self.quiet = gaussian, masked, motion, quiet
     self.width = max(width, len("mean"))
     columns = ["PSNR", "SSIM"] + (["SSIM-G"] if gaussian else []) + (
-        ["PSNR-mask"] if masked else []) + ["seconds"]
-    self.header = f"{'item':<{self.width}}  " + "  ".join(f"{c:>9}" for c in columns)
+        ["PSNR-mask"] if masked else []) + (
+        [f"PSNR{name}" for name, _, _ in evaluation.MOTION_BUCKETS] if motion else []) + [
+        "seconds"]
+    self.header = f"{'item':<{self.width}}  " + "  ".join(f"{c:>11}" for c in columns)
 
-  def row(self, name: str, psnr, ssim, ssim_g, psnr_mask, seconds) -> str:
-    cells = [_format(psnr, 2), _format(ssim, 4)]
+  def row(self, name: str, scores) -> str:
+    """`scores`: an `ItemResult` or a `Report` (the same metric names)."""
+    cells = [_format(scores.psnr, 2), _format(scores.ssim, 4)]
     if self.gaussian:
-      cells.append(_format(ssim_g, 4))
+      cells.append(_format(scores.ssim_gaussian, 4))
     if self.masked:
-      cells.append(_format(psnr_mask, 2))
+      cells.append(_format(scores.psnr_masked, 2))
+    if self.motion:
+      by_motion = scores.psnr_motion or {}
+      cells += [_format(by_motion.get(bucket), 2) for bucket, _, _ in evaluation.MOTION_BUCKETS]
+    seconds = scores.seconds if isinstance(scores, evaluation.ItemResult) else (
+        scores.seconds_per_frame)
     cells.append(_format(seconds, 3))
-    return f"{name:<{self.width}}  " + "  ".join(f"{c:>9}" for c in cells)
+    return f"{name:<{self.width}}  " + "  ".join(f"{c:>11}" for c in cells)
 
   def start(self) -> None:
     if not self.quiet:
@@ -110,16 +133,14 @@ class _Table:
 
   def item(self, result: evaluation.ItemResult) -> None:
     if not self.quiet:
-      print(self.row(result.name, result.psnr, result.ssim, result.ssim_gaussian,
-                     result.psnr_masked, result.seconds), flush=True)
+      print(self.row(result.name, result), flush=True)
 
   def mean(self, report: evaluation.Report) -> None:
     if self.quiet:
       print(self.header)
     else:
       print("-" * len(self.header))
-    print(self.row("mean", report.psnr, report.ssim, report.ssim_gaussian, report.psnr_masked,
-                   report.seconds_per_frame))
+    print(self.row("mean", report))
 
 
 def _predictor(args):
@@ -145,29 +166,37 @@ def _check_json_path(path: str) -> pathlib.Path:
 def run(args) -> int:
   masks = {"auto": "auto", "none": None}.get(args.masks, args.masks)
   # The cheap checks first: a wrong root or output path fails before the model loads.
-  triplets = evaluation.read_dataset(args.dataset, args.root, masks=masks, every=args.every)
+  sequences = [n for n in (args.sequences or "").split(",") if n] or None
+  triplets = evaluation.read_dataset(args.dataset, args.root, masks=masks, every=args.every,
+                                     sequences=sequences, gap=args.gap)
   json_path = _check_json_path(args.json) if args.json else None
   predict, model_name = _predictor(args)
   gaussian = args.gaussian_ssim
   masked = args.dataset == "ucf101" and evaluation.ucf101_folders(args.root, masks)[1] is not None
   # UCF101 ids are short; Middlebury names up to 11 characters; videos "<stem>/<index>".
-  table = _Table(gaussian=gaussian, masked=masked, width=24, quiet=args.summary_only)
+  table = _Table(gaussian=gaussian, masked=masked, motion=args.motion, width=24,
+                 quiet=args.summary_only)
   print(f"{args.dataset} ({os.fspath(args.root)}), model {model_name}"
         + ("" if args.baseline else f", padding {args.padding}, network: "
                                     f"{predict.describe_compute()}")
         + (", ensemble (forward and reversed pair)" if args.ensemble else ""))
   print(f"PSNR: RGB uint8, data range 255. {evaluation.SSIM_LABEL}."
         + (f" {evaluation.SSIM_GAUSSIAN_LABEL}." if gaussian else "")
-        + (" PSNR-mask: inside the motion masks (their black pixels)." if masked else ""))
+        + (" PSNR-mask: inside the motion masks (their black pixels)." if masked else "")
+        + (" PSNR<4px etc.: over the pixels moving that far (optical flow from the true middle "
+           "frame)." if args.motion else ""))
   table.start()
   info = {"root": os.fspath(args.root)}
+  if args.dataset == "davis":
+    info.update(sequences=sequences or list(evaluation.DAVIS_HELD_OUT), gap=args.gap,
+                every=args.every or evaluation.DAVIS_EVERY)
   if not args.baseline:
     info["padding"] = args.padding
     info["ensemble"] = args.ensemble
     info["precision"] = predict.precision
   report = evaluation.evaluate(triplets, predict, dataset=args.dataset, model=model_name,
                                gaussian_ssim=gaussian, limit=args.limit, on_item=table.item,
-                               info=info)
+                               info=info, motion=args.motion)
   table.mean(report)
   print(f"{len(report.items)} items; seconds per frame {report.seconds_per_frame:.4f} "
         "(mean of timed predictions, compilation excluded)"
@@ -184,8 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs the benchmark; every user error is one `error:` line on stderr and a non-zero status."""
   try:
     args = build_parser().parse_args(argv)
-    if args.every < 3:
+    if args.every is not None and args.every < 3:
       raise _UsageError(f"--every {args.every} must be at least 3")
+    if (args.sequences is not None or args.gap != 1) and args.dataset != "davis":
+      raise _UsageError("--sequences and --gap apply to --dataset davis")
+    if args.gap < 1:
+      raise _UsageError(f"--gap {args.gap} must be at least 1")
     if args.limit is not None and args.limit < 1:
       raise _UsageError(f"--limit {args.limit} must be at least 1")
     if args.ensemble and args.baseline:

@@ -70,7 +70,15 @@ class TrainConfig:
     validation_batch_size, validation_batches: Validation on centre `crop_size` crops of the
       validation split, at most `validation_batches` batches (None: the whole split).
     num_samples: Full frames interpolated at each validation and written as images.
+    full_validation, full_validation_gap: At each validation, also score this many full-frame
+      triplets (n - gap, n, n + gap) of the held-out sequences, overall and by motion magnitude
+      (`sepconv_jax.evaluation.psnr_by_motion`); the best checkpoint is then the one with the
+      highest full-frame PSNR. 0: off (ranked by the validation crops).
     shuffle_buffer, data_threads: tf.data settings (`data.pipeline.train_dataset`).
+    centroid_weight, centroid_steps: Flow-guided kernels: add `centroid_weight` times
+      `sepconv_jax.losses.kernel_centroid_loss` (kernel centroids against the optical flow from
+      the true middle frame, computed per crop by the data pipeline), falling linearly to 0 at
+      step `centroid_steps` (None: constant). 0: off.
     precision: The convolutions' compute precision, "float32" or "bfloat16" (bfloat16 operands,
       float32 accumulation; parameters, optimizer state and checkpoints stay float32; see
       `pallas_kernels.conv`). None: the backend's default, resolved and recorded in the run's
@@ -102,8 +110,12 @@ class TrainConfig:
   validation_batch_size: int = 16
   validation_batches: int | None = None
   num_samples: int = 3
+  full_validation: int = 0
+  full_validation_gap: int = 1
   shuffle_buffer: int = 1024
   data_threads: int = 2
+  centroid_weight: float = 0.0
+  centroid_steps: int | None = None
   precision: str | None = None
 
   def __post_init__(self):
@@ -139,8 +151,13 @@ class TrainConfig:
                        f"{self.crop_size}")
     if not 0.0 < self.min_scale <= 1.0:
       raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
-    if self.num_samples < 0 or self.nu < 0:
-      raise ValueError("num_samples and nu must not be negative")
+    if self.num_samples < 0 or self.nu < 0 or self.full_validation < 0:
+      raise ValueError("num_samples, full_validation and nu must not be negative")
+    if self.centroid_weight < 0 or (self.centroid_steps is not None and self.centroid_steps < 1):
+      raise ValueError(f"centroid_weight must not be negative and centroid_steps must be "
+                       f"positive, got {self.centroid_weight} and {self.centroid_steps}")
+    if self.full_validation_gap < 1:
+      raise ValueError(f"full_validation_gap must be positive, got {self.full_validation_gap}")
     if self.precision is not None and self.precision not in PRECISIONS:
       raise ValueError(f"precision must be one of {PRECISIONS} (or None for the default), got "
                        f"{self.precision!r}")

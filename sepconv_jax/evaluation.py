@@ -22,6 +22,11 @@ Conventions
                              computes it: MSE = sum(((p - t) * m)^2) / (3 sum(m)) for a 0/1
                              region m. Items with an empty region (or identical regions) have no
                              value and are left out of its mean, as in that script.
+              psnr_motion    (optional) PSNR by motion magnitude, `psnr_masked` over the pixels of
+                             each of `MOTION_BUCKETS`: a pixel's motion is the larger |DIS optical
+                             flow| (OpenCV, full resolution) from the true middle frame to either
+                             input frame, so ">16px" is where an object moves more than 16 pixels
+                             between the middle and an input frame.
   Masks     The UCF101 motion masks (`motion_mask.png`, 0/255) mark the moving pixels **black**
             (0): over the 379 triplets the mean |frame_00 - frame_02| is 26.3 levels on the black
             pixels and 5.6 on the white ones (white covers 85% of a frame on average, and the
@@ -44,6 +49,11 @@ Layouts (`read_dataset(name, root)`):
   video       the replication paper's protocol on real video: frames (n-1, n, n+1) every `every`
               (30) frames, n = 1, 1 + every, ...; predict frame n. The root is a video file, a
               folder of videos, or a folder of image frames (one sequence).
+  davis       full 854x480 frames of DAVIS sequences (`<root>/JPEGImages/480p/<seq>/` or
+              `<root>/<seq>/`), triplets (n - gap, n, n + gap) every `every` (10) frames, from
+              the sequences named (default `DAVIS_HELD_OUT`: the DAVIS sequences the project's
+              training data holds out for validation). `gap` 2 skips a frame on each side,
+              doubling the motion: the held-out sequences move at most ~19 px between frames.
 
 This module's code uses NumPy, OpenCV (through `sepconv_jax.media`) and scikit-image, no jax
 (predictors are passed in); PyAV (through `sepconv_jax.video`) only for videos.
@@ -65,11 +75,17 @@ from skimage.metrics import structural_similarity
 
 from sepconv_jax import media
 
-DATASETS = ("middlebury", "ucf101", "video")
+DATASETS = ("middlebury", "ucf101", "video", "davis")
 BASELINE_NAMES = ("average", "repeat")
 # Same cap as sepconv_jax.metrics.MAX_PSNR (a test keeps them equal).
 MAX_PSNR = 100.0
 VIDEO_EVERY = 30
+DAVIS_EVERY = 10
+# The DAVIS sequences the training cache holds out for validation (`python -m data.prepare
+# --validation-sequences`, see the model card): never trained on by the shipped models.
+DAVIS_HELD_OUT = ("cows", "drift-chicane")
+# (name, lower, upper) in pixels of motion between the middle frame and the farther input frame.
+MOTION_BUCKETS = (("<4px", 0.0, 4.0), ("4-16px", 4.0, 16.0), (">16px", 16.0, math.inf))
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 
 SSIM_LABEL = "SSIM (scikit-image: 7x7 uniform window)"
@@ -152,6 +168,21 @@ def psnr_masked(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> 
   error = (prediction.astype(np.float64) - truth.astype(np.float64)) * weight[..., None]
   mse = np.sum(error**2) / (prediction.shape[2] * total)
   return None if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def motion_magnitude(first: np.ndarray, second: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """(H, W) float32 pixels: the larger |DIS flow| from `truth` to `first` and to `second`."""
+  from data.flow import flow_magnitude  # OpenCV's DIS  # pylint: disable=import-outside-toplevel
+  truth = to_uint8(truth)
+  return np.maximum(flow_magnitude(truth, to_uint8(first), downscale=1),
+                    flow_magnitude(truth, to_uint8(second), downscale=1)).astype(np.float32)
+
+
+def psnr_by_motion(prediction: np.ndarray, truth: np.ndarray, motion: np.ndarray
+                   ) -> dict[str, float | None]:
+  """`psnr_masked` over the pixels of each of `MOTION_BUCKETS` (None where a bucket is empty)."""
+  return {name: psnr_masked(prediction, truth, (motion >= low) & (motion < high))
+          for name, low, high in MOTION_BUCKETS}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,17 +324,18 @@ def read_ucf101(root: str | os.PathLike, masks: str | os.PathLike | None = "auto
   return _load(listing)
 
 
-def _video_triplets(frames: Iterable[np.ndarray], name: str, every: int) -> Iterator[Triplet]:
-  """Triplets (n-1, n, n+1) for n = 1, 1 + every, ... from a stream of frames."""
+def frame_triplets(frames: Iterable[np.ndarray], name: str, every: int, gap: int = 1
+                    ) -> Iterator[Triplet]:
+  """Triplets (n - gap, n, n + gap) for n = gap, gap + every, ... from a stream of frames."""
   window: list[np.ndarray] = []
   for index, frame in enumerate(frames):
     offset = index % every
     if offset == 0:
       window = [frame]
-    elif offset in (1, 2) and len(window) == offset:
+    elif offset in (gap, 2 * gap) and len(window) == offset // gap:
       window.append(frame)
-      if offset == 2:
-        middle = index - 1
+      if offset == 2 * gap:
+        middle = index - gap
         yield Triplet(f"{name}/{middle:06d}", window[0], window[2], window[1])
         window = []
 
@@ -345,23 +377,59 @@ def read_video(root: str | os.PathLike, every: int = VIDEO_EVERY) -> Iterator[Tr
   def generate() -> Iterator[Triplet]:
     for kind, path in sources:
       if kind == "video":
-        yield from _video_triplets(_video_frames(path), path.stem, every)
+        yield from frame_triplets(_video_frames(path), path.stem, every)
       else:
         frames = (media.read_image(image) for image in media.list_images(path))
-        yield from _video_triplets(frames, path.name, every)
+        yield from frame_triplets(frames, path.name, every)
+
+  return generate()
+
+
+def read_davis(root: str | os.PathLike, sequences: Iterable[str] = DAVIS_HELD_OUT,
+               every: int = DAVIS_EVERY, gap: int = 1) -> Iterator[Triplet]:
+  """Full-frame triplets every `every` frames of the named DAVIS sequences (module docstring):
+  frames (n - gap, n, n + gap), so that `gap` 2 doubles the motion to interpolate.
+
+  Item names are `<sequence>/<index of the middle frame>`.
+  """
+  if gap < 1 or every < 2 * gap + 1:
+    raise ValueError(f"every={every} must be at least 2 * gap + 1 = {2 * gap + 1} (triplets "
+                     "must not overlap) and gap at least 1")
+  root = _check_root(root, what="davis")
+  base = root / "JPEGImages" / "480p" if (root / "JPEGImages" / "480p").is_dir() else root
+  folders = []
+  for name in sequences:
+    folder = base / name
+    if not folder.is_dir():
+      raise EvaluationError(f"davis: no sequence {name!r} under {os.fspath(base)}")
+    if len(media.list_images(folder)) < 3:
+      raise EvaluationError(f"davis: {os.fspath(folder)} has fewer than 3 frames")
+    folders.append(folder)
+  if not folders:
+    raise EvaluationError("davis: no sequences named")
+
+  def generate() -> Iterator[Triplet]:
+    for folder in folders:
+      frames = (media.read_image(image) for image in media.list_images(folder))
+      yield from frame_triplets(frames, folder.name, every, gap)
 
   return generate()
 
 
 def read_dataset(name: str, root: str | os.PathLike, *, masks: str | os.PathLike | None = "auto",
-                 every: int = VIDEO_EVERY) -> Iterator[Triplet]:
-  """The reader for dataset `name` ("middlebury", "ucf101" or "video") on `root`."""
+                 every: int | None = None, sequences: Iterable[str] | None = None,
+                 gap: int = 1) -> Iterator[Triplet]:
+  """The reader for dataset `name` (one of `DATASETS`) on `root`; `every` None is the dataset's
+  default (`VIDEO_EVERY`, `DAVIS_EVERY`); davis only: `sequences` (None: the held-out ones) and
+  `gap`."""
   if name == "middlebury":
     return read_middlebury(root)
   if name == "ucf101":
     return read_ucf101(root, masks=masks)
   if name == "video":
-    return read_video(root, every=every)
+    return read_video(root, every=every or VIDEO_EVERY)
+  if name == "davis":
+    return read_davis(root, sequences or DAVIS_HELD_OUT, every=every or DAVIS_EVERY, gap=gap)
   raise EvaluationError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
 
 
@@ -378,6 +446,7 @@ class ItemResult:
   seconds: float
   ssim_gaussian: float | None = None
   psnr_masked: float | None = None
+  psnr_motion: dict[str, float | None] | None = None  # by MOTION_BUCKETS name
 
   def to_json(self) -> dict:
     out = {"psnr": self.psnr, "ssim": self.ssim, "seconds": self.seconds}
@@ -385,6 +454,8 @@ class ItemResult:
       out["ssim_gaussian"] = self.ssim_gaussian
     if self.psnr_masked is not None:
       out["psnr_masked"] = self.psnr_masked
+    if self.psnr_motion is not None:
+      out["psnr_motion"] = self.psnr_motion
     return out
 
 
@@ -427,6 +498,14 @@ class Report:
   def seconds_per_frame(self) -> float | None:
     return _mean(item.seconds for item in self.items)
 
+  @property
+  def psnr_motion(self) -> dict[str, float | None] | None:
+    """Per motion bucket, the mean over the items with pixels in it; None without motion."""
+    scored = [item.psnr_motion for item in self.items if item.psnr_motion is not None]
+    if not scored:
+      return None
+    return {name: _mean(values.get(name) for values in scored) for name, _, _ in MOTION_BUCKETS}
+
   def to_json(self) -> dict:
     out = {"dataset": self.dataset, "model": self.model, "psnr": self.psnr, "ssim": self.ssim,
            "count": len(self.items), "seconds_per_frame": self.seconds_per_frame,
@@ -440,6 +519,10 @@ class Report:
       out["masked_count"] = self.masked_count
       out["metrics"]["psnr_masked"] = ("PSNR inside the motion region (black pixels of "
                                         "motion_mask.png), DVF's formula")
+    if self.psnr_motion is not None:
+      out["psnr_motion"] = self.psnr_motion
+      out["metrics"]["psnr_motion"] = ("PSNR over the pixels whose motion (larger |DIS flow| from "
+                                       "the true middle frame to an input frame) is in each bucket")
     out.update(self.info)
     out["per_item"] = {item.name: item.to_json() for item in self.items}
     return out
@@ -450,8 +533,8 @@ Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, model: str,
              gaussian_ssim: bool = False, warmup: bool = True, limit: int | None = None,
-             on_item: Callable[[ItemResult], None] | None = None, info: dict | None = None
-             ) -> Report:
+             on_item: Callable[[ItemResult], None] | None = None, info: dict | None = None,
+             motion: bool = False) -> Report:
   """Scores `predict(first, second) -> (H, W, 3) uint8` on every triplet.
 
   Args:
@@ -463,6 +546,8 @@ def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, m
     limit: Stop after this many items.
     on_item: Called with each item's result as soon as it is scored (progress, tables).
     info: Extra JSON-serialisable facts for the report (padding, root, ...).
+    motion: Also score PSNR by motion magnitude (`psnr_by_motion`; optical flow per item, not
+      timed).
   """
   results: list[ItemResult] = []
   seen_shapes: set[tuple[int, ...]] = set()
@@ -483,7 +568,9 @@ def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, m
         ssim=ssim(prediction, triplet.truth), seconds=seconds,
         ssim_gaussian=ssim_gaussian(prediction, triplet.truth) if gaussian_ssim else None,
         psnr_masked=(None if triplet.mask is None
-                     else psnr_masked(prediction, triplet.truth, triplet.mask)))
+                     else psnr_masked(prediction, triplet.truth, triplet.mask)),
+        psnr_motion=(psnr_by_motion(prediction, triplet.truth, motion_magnitude(
+            triplet.first, triplet.second, triplet.truth)) if motion else None))
     results.append(result)
     if on_item is not None:
       on_item(result)

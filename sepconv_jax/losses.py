@@ -8,6 +8,11 @@
   ssim     1 - SSIM with an 11x11 Gaussian window, sigma 1.5 (the "MATLAB" SSIM), differentiable
   vgg      mean squared distance of VGG-19 relu4_4 features (needs local ImageNet weights)
   l1+vgg   l1 + nu * vgg, nu = 1e-5 by default (the replication used 1e-5 and 5e-5)
+
+An auxiliary term on the kernel maps rather than the frame, for flow-guided training:
+`kernel_centroid_loss` pulls each kernel's centroid to the optical flow from the true middle
+frame (privileged information, as in IFRNet's and RIFE's distillation), weighted by
+`centroid_weight`, which anneals it to zero.
 """
 
 from __future__ import annotations
@@ -103,3 +108,46 @@ def get_loss(name: str, *, nu: float = 1e-5,
     vgg_loss = make_vgg_loss(vgg_weights)
     return lambda batch, prediction: l1_loss(batch, prediction) + nu * vgg_loss(batch, prediction)
   raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Flow-guided kernels: an auxiliary loss on the kernel maps, not on the frame.
+
+
+def kernel_centroids(kernel_map: jax.Array) -> jax.Array:
+  """(B, H, W, K) 1D kernels -> (B, H, W): each kernel's expected tap offset from its centre, in
+  pixels, under the normalised magnitudes |k_i| / sum |k| (SepConv's kernels may be negative)."""
+  taps = kernel_map.shape[-1]
+  offsets = jnp.arange(taps, dtype=jnp.float32) - taps // 2
+  magnitude = jnp.abs(kernel_map)
+  return jnp.sum(magnitude * offsets, axis=-1) / (jnp.sum(magnitude, axis=-1) + 1e-6)
+
+
+def kernel_centroid_loss(batch: Batch, kernels) -> jax.Array:
+  """Mean |centroid - flow| in pixels, over both frames and both axes, where the flow is valid.
+
+  `kernels` is the network's `KernelMaps`; `batch` holds "flow0", "flow1" ((B, H, W, 2), (dx, dy)
+  pixels from the true middle frame to x0 and x1) and "valid0", "valid1" ((B, H, W), 1 where the
+  flow passed its forward-backward check), as `data.pipeline.train_dataset(flows=True)` gives
+  them. The vertical kernel of a frame should be centred at the flow's dy to that frame (it
+  weights image row y + i - K//2) and the horizontal one at dx. Pixels moving farther than the
+  kernels reach (K//2) are left out: no kernel can follow them.
+  """
+  reach = kernels.vertical0.shape[-1] // 2
+  total = count = 0.0
+  for vertical, horizontal, key in ((kernels.vertical0, kernels.horizontal0, "0"),
+                                    (kernels.vertical1, kernels.horizontal1, "1")):
+    flow = batch["flow" + key]
+    mask = batch["valid" + key] * jnp.all(jnp.abs(flow) <= reach, axis=-1)
+    error = (jnp.abs(kernel_centroids(horizontal) - flow[..., 0])
+             + jnp.abs(kernel_centroids(vertical) - flow[..., 1]))
+    total += jnp.sum(error * mask)
+    count += 2 * jnp.sum(mask)
+  return total / jnp.maximum(count, 1.0)
+
+
+def centroid_weight(step: jax.Array, weight: float, anneal_steps: int | None) -> jax.Array:
+  """`weight` at step 0, falling linearly to 0 at `anneal_steps` (None: constant)."""
+  if anneal_steps is None:
+    return jnp.asarray(weight, jnp.float32)
+  return weight * jnp.clip(1.0 - step.astype(jnp.float32) / anneal_steps, 0.0, 1.0)

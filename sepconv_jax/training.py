@@ -70,7 +70,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pallas_kernels.conv import xla_compiler_options
 from sepconv_jax import checkpoint as checkpoint_lib
-from sepconv_jax import losses, metrics as metrics_lib
+from sepconv_jax import evaluation, losses, metrics as metrics_lib
 from sepconv_jax.configs import TrainConfig
 from sepconv_jax.model import ConvOptions, SepConvNet
 from sepconv_jax.padding import run_padded
@@ -80,7 +80,9 @@ CHECKPOINT_DIR = "checkpoints"
 OPTIMIZER_ITEM = "optimizer"
 TRAIN_ITEM = "train"
 ITEM_NAMES = (checkpoint_lib.MODEL_ITEM, checkpoint_lib.METADATA_ITEM, OPTIMIZER_ITEM, TRAIN_ITEM)
-BEST_METRIC = "psnr"
+# Checkpoints are ranked by the full-frame validation PSNR where the run has one, else by the PSNR
+# on validation crops.
+BEST_METRICS = ("full_psnr", "psnr")
 CHANNEL_ORDER = "RGB"  # data.pipeline delivers RGB
 SAMPLE_PADDING = "improved"
 
@@ -89,7 +91,8 @@ SAMPLE_PADDING = "improved"
 # run may resume on a machine with another default precision; bit-exact resumes need the same).
 RESUMABLE_CHANGES = frozenset({"epochs", "steps", "checkpoint_every", "keep_checkpoints",
                                "log_every", "num_samples", "data_threads", "validation_batches",
-                               "data_dir", "precision"})
+                               "data_dir", "precision", "full_validation",
+                               "full_validation_gap"})
 
 # The config fields that define the learning rate (`learning_rate_schedule`'s parameters).
 _SCHEDULE_FIELDS = ("learning_rate", "warmup_steps", "decay_start", "decay_end",
@@ -197,23 +200,32 @@ def predict(graphdef: nnx.GraphDef, params: nnx.State, batch: Mapping[str, jax.A
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef,
                loss_fn: losses.Loss, optimizer: optax.GradientTransformation,
-               axis_name: str | None = None, conv: ConvOptions = ConvOptions()
+               axis_name: str | None = None, conv: ConvOptions = ConvOptions(),
+               centroid: tuple[float, int | None] | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdaMax step on `batch`; pure. With `axis_name`, averages over that mapped axis; `conv`
-  says how the network's convolutions run (precision, implementation)."""
+  says how the network's convolutions run (precision, implementation); `centroid` (weight,
+  anneal steps) adds the flow-guided kernel loss (`losses.kernel_centroid_loss`), for which the
+  batch carries the flows."""
   rng, _ = jax.random.split(state.rng)
 
   def compute_loss(params):
-    return loss_fn(batch, predict(graphdef, params, batch, conv))
+    if centroid is None:
+      return loss_fn(batch, predict(graphdef, params, batch, conv)), {}
+    prediction, kernels = nnx.merge(graphdef, params)(batch["x0"], batch["x1"], conv=conv,
+                                                      return_kernels=True)
+    centroid_loss = losses.kernel_centroid_loss(batch, kernels)
+    weight = losses.centroid_weight(state.step, *centroid)
+    return loss_fn(batch, prediction) + weight * centroid_loss, {"centroid_loss": centroid_loss}
 
   # Gradients flow through the op's custom VJP (C++ kernel on CPU, Pallas on GPU).
-  loss, grads = jax.value_and_grad(compute_loss)(state.params)
+  (loss, extra), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   if axis_name is not None:
-    loss, grads = jax.lax.pmean((loss, grads), axis_name)
+    loss, extra, grads = jax.lax.pmean((loss, extra, grads), axis_name)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
-  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **extra}
 
 
 def eval_step(params: nnx.State, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef,
@@ -243,12 +255,13 @@ def _jit_options(conv: ConvOptions) -> dict[str, str]:
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: losses.Loss,
                     optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                    conv: ConvOptions = ConvOptions()
+                    conv: ConvOptions = ConvOptions(),
+                    centroid: tuple[float, int | None] | None = None
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
   """`train_step` jitted over `mesh`: batch split on its first axis, state replicated, donated."""
   conv = conv.resolved()
   step = functools.partial(train_step, graphdef=graphdef, loss_fn=loss_fn, optimizer=optimizer,
-                           axis_name=DATA_AXIS, conv=conv)
+                           axis_name=DATA_AXIS, conv=conv, centroid=centroid)
   # check_vma=False: the pmean above is the one explicit reduction (with VMA checking on, grad
   # of replicated parameters would already be summed over devices).
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()),
@@ -266,12 +279,16 @@ def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh,
 
 @functools.lru_cache(maxsize=16)
 def _step_functions(graphdef: nnx.GraphDef, loss_fn: losses.Loss, adamax_settings: tuple, mesh,
-                    conv: ConvOptions):
+                    conv: ConvOptions, centroid: tuple[float, int | None] | None):
   """(train step, eval step), cached so that runs of one configuration in a process (tests,
   sweeps) compile them once."""
   optimizer = adamax(*adamax_settings)
-  return (make_train_step(graphdef, loss_fn, optimizer, mesh, conv),
+  return (make_train_step(graphdef, loss_fn, optimizer, mesh, conv, centroid),
           make_eval_step(graphdef, mesh, conv))
+
+
+def _centroid_settings(config: TrainConfig) -> tuple[float, int | None] | None:
+  return (config.centroid_weight, config.centroid_steps) if config.centroid_weight else None
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
@@ -292,7 +309,7 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dic
 def checkpoint_manager(directory: str | os.PathLike, keep: int = 3, *, read_only: bool = False
                        ) -> ocp.CheckpointManager:
   """The manager of `<workdir>/checkpoints`: latest `keep` plus the best by validation PSNR."""
-  best_fn = lambda metrics: metrics[BEST_METRIC]
+  best_fn = lambda metrics: next(metrics[k] for k in BEST_METRICS if k in metrics)
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=keep),
       # Ascending sort, the last n kept: the highest PSNR. Checkpoints without validation scores
@@ -416,20 +433,23 @@ def _validation_batches(config: TrainConfig, data_dir: str, local_batch: int
     yield padded
 
 
-def _sample_triplets(data_dir: str, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _validation_frames(data_dir: str, count: int, *, gap: int = 1,
+                       every: int = evaluation.DAVIS_EVERY
+                       ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Up to `count` full-frame triplets (x0, y, x1, RGB uint8) from the validation sequences.
 
-  The cache records its source folders and which sequences went to validation; the first three
-  frames of each of the first `count` validation sequences are read from there. Without the
-  sources (moved, another machine) the full validation patches stand in.
+  The cache records its source folders and which sequences went to validation; frames
+  (n - gap, n, n + gap) every `every` frames are read from there, taking the sequences in turn
+  (each one's first triplet, then each one's second, ...). Without the sources (moved, another
+  machine) the list is empty.
   """
   if count == 0:
     return []
-  from data import builder, pipeline, sources  # pylint: disable=import-outside-toplevel
-  triplets = []
+  from data import builder, sources  # pylint: disable=import-outside-toplevel
+  per_sequence = []
   try:
     metadata = builder.load_metadata(data_dir)
-    wanted = list(metadata.get("sequences", {}).get("validation", []))[:count]
+    wanted = list(metadata.get("sequences", {}).get("validation", []))
     max_height = metadata.get("parameters", {}).get("extract", {}).get("max_height")
     found = {}
     for root in metadata.get("source_dirs", []):
@@ -437,11 +457,23 @@ def _sample_triplets(data_dir: str, count: int) -> list[tuple[np.ndarray, np.nda
         found[f"{pathlib.Path(root).name}/{sequence.name}"] = sequence
     for name in wanted:
       if name in found:
-        frames = list(itertools.islice(sources.iter_frames(found[name], max_height=max_height), 3))
-        if len(frames) == 3 and frames[0].shape == frames[2].shape:
-          triplets.append((frames[0], frames[1], frames[2]))
+        frames = sources.iter_frames(found[name], max_height=max_height)
+        triplets = [(t.first, t.truth, t.second) for t in evaluation.frame_triplets(
+            frames, name, every, gap)]
+        per_sequence.append(triplets[:count])
   except (OSError, ValueError, KeyError) as error:
-    log.warning("full validation frames unavailable (%s); using validation patches", error)
+    log.warning("full validation frames unavailable (%s)", error)
+  interleaved = [t for group in itertools.zip_longest(*per_sequence) for t in group if t]
+  return interleaved[:count]
+
+
+def _sample_triplets(data_dir: str, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """The first triplet of each of up to `count` validation sequences (the full validation
+  patches when the sources are unavailable), for the sample images."""
+  if count == 0:
+    return []
+  from data import builder, pipeline  # pylint: disable=import-outside-toplevel
+  triplets = _validation_frames(data_dir, count, every=10**9)
   if not triplets:
     dataset = pipeline.read_split(data_dir, builder.VALIDATION).take(count)
     triplets = [(e["x0"], e["y"], e["x1"]) for e in dataset.as_numpy_iterator()]
@@ -454,29 +486,63 @@ def _sample_net(graphdef: nnx.GraphDef, conv: ConvOptions):
                  compiler_options=_jit_options(conv))
 
 
+class _FullFrames:
+  """Interpolates full frames (x0, x1 RGB uint8) with the current parameters, on one device."""
+
+  def __init__(self, graphdef: nnx.GraphDef, kernel_size: int, conv: ConvOptions):
+    self._kernel_size = kernel_size
+    self._net = _sample_net(graphdef, conv)
+
+  def __call__(self, params: nnx.State, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    # One local copy of the replicated parameters (`params` may be sharded over the mesh).
+    local = jax.tree.map(lambda a: a.addressable_data(0), params)
+    a, b = (jnp.asarray(f[None], jnp.float32) / 255.0 for f in (x0, x1))
+    middle = run_padded(functools.partial(self._net, local), a, b, policy=SAMPLE_PADDING,
+                        kernel_size=self._kernel_size)
+    return np.asarray(metrics_lib.quantize(middle[0])).astype(np.uint8)
+
+
+class _FullValidation:
+  """PSNR on full held-out frames, overall and by motion (`evaluation.psnr_by_motion`)."""
+
+  def __init__(self, frames: _FullFrames, triplets):
+    self._frames = frames
+    self._triplets = [(x0, y, x1, evaluation.motion_magnitude(x0, x1, y))
+                      for x0, y, x1 in triplets]
+
+  def __len__(self) -> int:
+    return len(self._triplets)
+
+  def score(self, params: nnx.State) -> dict[str, float]:
+    items = []
+    for x0, y, x1, motion in self._triplets:
+      prediction = self._frames(params, x0, x1)
+      items.append(evaluation.ItemResult(
+          name="", psnr=evaluation.psnr(prediction, y), ssim=0.0, seconds=0.0,
+          psnr_motion=evaluation.psnr_by_motion(prediction, y, motion)))
+    report = evaluation.Report(dataset="validation", model="", items=items)
+    scores = {"full_psnr": report.psnr}
+    scores.update({f"full_psnr_{name}": value for name, value in report.psnr_motion.items()
+                   if value is not None})
+    return scores
+
+
 class _Samples:
   """Interpolates the sample triplets with the current parameters; writes PNGs and TensorBoard."""
 
-  def __init__(self, graphdef: nnx.GraphDef, triplets, kernel_size: int, directory: pathlib.Path,
-               conv: ConvOptions):
+  def __init__(self, frames: _FullFrames, triplets, directory: pathlib.Path):
+    self._frames = frames
     self._triplets = triplets
-    self._kernel_size = kernel_size
     self._directory = directory
-    self._net = _sample_net(graphdef, conv)
 
   def write(self, params: nnx.State, step: int, writer) -> None:
     import cv2  # pylint: disable=import-outside-toplevel
     if not self._triplets:
       return
-    # One local copy of the replicated parameters: the samples run on one device.
-    local = jax.tree.map(lambda a: a.addressable_data(0), params)
     folder = self._directory / f"{step:08d}"
     folder.mkdir(parents=True, exist_ok=True)
     for index, (x0, y, x1) in enumerate(self._triplets):
-      a, b = (jnp.asarray(f[None], jnp.float32) / 255.0 for f in (x0, x1))
-      middle = run_padded(functools.partial(self._net, local), a, b, policy=SAMPLE_PADDING,
-                          kernel_size=self._kernel_size)
-      middle = np.asarray(metrics_lib.quantize(middle[0])).astype(np.uint8)
+      middle = self._frames(params, x0, x1)
       strip = np.concatenate([x0, middle, y, x1], axis=1)  # input, prediction, truth, input
       cv2.imwrite(str(folder / f"sample_{index}.png"), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
       writer.image(f"samples/{index}", strip, step)
@@ -536,8 +602,8 @@ def _flush(pending: list[tuple[int, dict]], history: list, writer, last_good: in
     loss = float(value["loss"])
     losses_here.append(loss)
     history.append((step, loss))
-    writer.scalar("train/loss", loss, step)
-    writer.scalar("train/grad_norm", float(value["grad_norm"]), step)
+    for name, metric in value.items():  # loss, grad_norm and any auxiliary terms
+      writer.scalar(f"train/{name}", float(metric), step)
   pending.clear()
   return losses_here[-1], float(np.mean(losses_here))
 
@@ -634,21 +700,30 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     (workdir / "config.json").write_text(config.to_json())
 
   train_step_fn, eval_step_fn = _step_functions(
-      graphdef, loss_fn, _adamax_settings(config), mesh, conv)
+      graphdef, loss_fn, _adamax_settings(config), mesh, conv, _centroid_settings(config))
   dataset = pipeline.train_dataset(
       data_dir, batch_size=local_batch, crop_size=config.crop_size, seed=config.seed,
       process_index=jax.process_index(), process_count=hosts,
       shuffle_buffer=config.shuffle_buffer, threads=config.data_threads,
-      min_scale=config.min_scale)
+      min_scale=config.min_scale, flows=bool(config.centroid_weight))
   # The data position: the pipeline is deterministic, so skipping the consumed batches puts the
   # resumed run exactly where the interrupted one stopped.
   batches = dataset.skip(start_step).as_numpy_iterator()
 
   writer = _Summaries(workdir / "tensorboard" if is_main else None)
-  samples = None
+  samples = full_validation = None
+  full_frames = _FullFrames(graphdef, config.model.kernel_size, conv)
   if is_main and has_validation and config.num_samples:
-    samples = _Samples(graphdef, _sample_triplets(data_dir, config.num_samples),
-                       config.model.kernel_size, workdir / "samples", conv)
+    samples = _Samples(full_frames, _sample_triplets(data_dir, config.num_samples),
+                       workdir / "samples")
+  if has_validation and config.full_validation:
+    # Every host scores the same frames, so that all of them rank checkpoints alike.
+    full_validation = _FullValidation(full_frames, _validation_frames(
+        data_dir, config.full_validation, gap=config.full_validation_gap))
+    if not len(full_validation):
+      log.warning("no full validation frames (the cache's source folders are gone); checkpoints "
+                  "are ranked by the validation crops")
+      full_validation = None
 
   history: list[tuple[int, float]] = []
   validation_scores: dict[int, dict[str, float]] = {}
@@ -670,14 +745,22 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     if not sums["count"]:
       return None
     scores = {"psnr": sums["psnr"] / sums["count"], "ssim_gaussian": sums["ssim"] / sums["count"]}
+    line = (f"step {step}: validation PSNR {scores['psnr']:.2f} dB, "
+            f"SSIM (Gaussian) {scores['ssim_gaussian']:.4f}")
+    if full_validation is not None:
+      full = full_validation.score(state.params)
+      scores.update(full)
+      line += (f"; full frames ({len(full_validation)}) PSNR {full['full_psnr']:.2f} dB, by motion "
+               + ", ".join(f"{name} {full[f'full_psnr_{name}']:.2f}"
+                           for name, _, _ in evaluation.MOTION_BUCKETS
+                           if f"full_psnr_{name}" in full))
     validation_scores[step] = scores
-    writer.scalar("validation/psnr", scores["psnr"], step)
-    writer.scalar("validation/ssim_gaussian", scores["ssim_gaussian"], step)
+    for name, value in scores.items():
+      writer.scalar(f"validation/{name}", value, step)
     if samples is not None:
       samples.write(state.params, step, writer)
     if is_main:
-      bar.write(f"step {step}: validation PSNR {scores['psnr']:.2f} dB, "
-                f"SSIM (Gaussian) {scores['ssim_gaussian']:.4f}")
+      bar.write(line)
     return scores
 
   try:
@@ -713,6 +796,9 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
       if save or step % config.log_every == 0:
         window_start, window_steps = time.perf_counter(), 0
   finally:
+    # The input pipeline's threads go first: tf.data's numpy_function threads (the optical flows)
+    # must not outlive the interpreter.
+    del batches
     bar.close()
     manager.wait_until_finished()
     best, latest = manager.best_step(), manager.latest_step()

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data import extract, sources
+from data import extract, flow, sources
 
 DAVIS = pathlib.Path("davis_480p") / "JPEGImages" / "480p"
 
@@ -140,7 +140,7 @@ def test_keep_probability_grows_with_flow():
 
 def test_flow_magnitude_measures_a_known_shift():
   frames = _texture_frames(3, 120, 160, shift=4)
-  magnitude = extract.flow_magnitude(frames[0], frames[2], downscale=2)
+  magnitude = flow.flow_magnitude(frames[0], frames[2], downscale=2)
   assert magnitude.shape == (60, 80)
   assert np.median(magnitude[10:-10, 10:-10]) == pytest.approx(8.0, abs=0.5)
 

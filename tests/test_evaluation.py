@@ -230,6 +230,56 @@ def test_video_protocol_on_a_real_video(shared_data):
                          items[0].truth) > 25
 
 
+def test_davis_reader_layouts_gap_and_errors(tmp_path, real_pair):
+  frames = _crops(real_pair[0], 25, size=48)
+  for index, frame in enumerate(frames):
+    _save(tmp_path / "JPEGImages" / "480p" / "walk" / f"{index:05d}.jpg", frame)
+    _save(tmp_path / "flat" / "walk" / f"{index:05d}.png", frame)
+  items = list(evaluation.read_davis(tmp_path, ["walk"]))  # every 10: middles 1, 11, 21
+  assert [item.name for item in items] == ["walk/000001", "walk/000011", "walk/000021"]
+  flat = list(evaluation.read_davis(tmp_path / "flat", ["walk"]))
+  np.testing.assert_array_equal(flat[1].truth, frames[11])
+  doubled = list(evaluation.read_dataset("davis", tmp_path / "flat", sequences=["walk"], gap=2))
+  assert [item.name for item in doubled] == ["walk/000002", "walk/000012", "walk/000022"]
+  np.testing.assert_array_equal(doubled[0].first, frames[0])
+  np.testing.assert_array_equal(doubled[0].second, frames[4])
+  with pytest.raises(evaluation.EvaluationError, match="no sequence 'run'"):
+    evaluation.read_davis(tmp_path, ["run"])
+  with pytest.raises(ValueError, match="every"):
+    evaluation.read_davis(tmp_path, ["walk"], every=4, gap=2)
+
+
+def test_psnr_by_motion_buckets_pixels_by_optical_flow(real_pair):
+  """A real image shifted 2 px and 20 px per frame, left and right halves: the buckets find them."""
+  image = real_pair[0]
+  height, width = 200, 300
+  shift = lambda dx: image[100:100 + height, 150 + dx:150 + dx + width]
+  slow = [shift(2 * k) for k in range(3)]
+  fast = [shift(20 * k) for k in range(3)]
+  first, truth, second = (np.concatenate([s[:, :150], f[:, 150:]], axis=1)
+                          for s, f in zip(slow, fast))
+  motion = evaluation.motion_magnitude(first, second, truth)
+  assert np.median(motion[:, 20:130]) == pytest.approx(2, abs=0.5)
+  assert np.median(motion[:, 170:280]) == pytest.approx(20, abs=2)
+  average = evaluation.average_baseline(first, second)
+  scores = evaluation.psnr_by_motion(average, truth, motion)
+  assert set(scores) == {name for name, _, _ in evaluation.MOTION_BUCKETS}
+  # Averaging ghosts large motion far worse than small motion.
+  assert scores[">16px"] < scores["<4px"] - 3
+  report = evaluation.evaluate([evaluation.Triplet("t", first, second, truth)],
+                               evaluation.average_baseline, dataset="t", model="m", motion=True)
+  assert report.psnr_motion == pytest.approx(scores)
+  assert report.to_json()["per_item"]["t"]["psnr_motion"] == pytest.approx(scores)
+
+
+def test_davis_held_out_sequences_on_the_shared_data(shared_data, capsys):
+  root = shared_data / "davis_480p"
+  assert benchmark.main(["--dataset", "davis", "--root", os.fspath(root), "--baseline",
+                         "average", "--motion", "--gap", "2", "--limit", "2"]) == 0
+  out = capsys.readouterr().out
+  assert "PSNR>16px" in out and "cows/000002" in out
+
+
 # ------------------------------------------------------------------------------------------------
 # The command line
 
@@ -249,6 +299,10 @@ def _error_lines(capsys) -> list[str]:
     (["--root", "{tmp}"], "--dataset"),
     (["--dataset", "ucf101", "--root", "{tmp}", "--baseline", "average", "--ensemble"],
      "--ensemble"),
+    (["--dataset", "ucf101", "--root", "{tmp}", "--baseline", "average", "--gap", "2"], "--gap"),
+    (["--dataset", "davis", "--root", "{tmp}", "--baseline", "average", "--gap", "0"], "--gap"),
+    (["--dataset", "davis", "--root", "{tmp}", "--baseline", "average", "--precision",
+      "bfloat16"], "--precision"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys, argv, needle):
   argv = [arg.format(tmp=tmp_path) for arg in argv]

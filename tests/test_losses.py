@@ -109,3 +109,27 @@ def test_vgg_loss_errors(tmp_path):
     load_vgg19_features(tmp_path / "corrupt.npz")
   with pytest.raises(ValueError, match="unknown loss"):
     losses.get_loss("l3")
+
+
+def test_kernel_centroids_and_the_centroid_loss():
+  from sepconv_jax.model import KernelMaps  # pylint: disable=import-outside-toplevel
+  k = 7
+  one_hot = lambda offset: jax.nn.one_hot(jnp.full((1, 2, 3), k // 2 + offset), k)
+  np.testing.assert_allclose(losses.kernel_centroids(one_hot(2)), 2.0, atol=1e-5)
+  np.testing.assert_allclose(losses.kernel_centroids(-0.5 * one_hot(-3)), -3.0, atol=1e-5)
+  flow = jnp.zeros((1, 2, 3, 2)).at[..., 0].set(2.0).at[..., 1].set(-1.0)  # dx 2, dy -1
+  batch = {"flow0": flow, "flow1": -flow, "valid0": jnp.ones((1, 2, 3)),
+           "valid1": jnp.ones((1, 2, 3))}
+  matching = KernelMaps(vertical0=one_hot(-1), horizontal0=one_hot(2), vertical1=one_hot(1),
+                        horizontal1=one_hot(-2))
+  assert float(losses.kernel_centroid_loss(batch, matching)) == pytest.approx(0.0, abs=1e-5)
+  centred = KernelMaps(*(one_hot(0),) * 4)
+  # |0 - 2| + |0 - (-1)| per pixel and frame, over 2 axes: 1.5 px on average.
+  assert float(losses.kernel_centroid_loss(batch, centred)) == pytest.approx(1.5, abs=1e-5)
+  # Invalid flow and flow beyond the kernels' reach (K//2 = 3) do not count.
+  masked = {**batch, "valid1": jnp.zeros((1, 2, 3)),
+            "flow0": flow.at[0, 0, 0, 0].set(9.0)}
+  assert float(losses.kernel_centroid_loss(masked, centred)) == pytest.approx(1.5, abs=1e-5)
+  assert float(losses.centroid_weight(jnp.asarray(50), 0.2, 100)) == pytest.approx(0.1)
+  assert float(losses.centroid_weight(jnp.asarray(500), 0.2, 100)) == 0.0
+  assert float(losses.centroid_weight(jnp.asarray(500), 0.2, None)) == pytest.approx(0.2)

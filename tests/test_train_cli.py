@@ -54,13 +54,15 @@ def test_tiny_run_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   done = _run("--config", "tiny", "--data", data, "--workdir", workdir, "--loss", "l2",
               "--steps", 2, "--min-scale", 0.9, "--warmup-steps", 2,
-              "--decay", "2:4", "--final-lr", 1e-4, "--precision", "bfloat16", "--no-progress")
+              "--decay", "2:4", "--final-lr", 1e-4, "--precision", "bfloat16",
+              "--full-validation", 1, "--full-validation-gap", 2, "--no-progress")
   assert done.returncode == 0, done.stderr[-2000:]
   assert "trained to step 2" in done.stdout
   assert "step 1/2: loss" in done.stdout  # without a bar: one plain line per log interval
   model, metadata = load_model(workdir / "checkpoints" / "2")
   assert metadata["info"]["loss"] == "l2" and metadata["info"]["step"] == 2
   assert metadata["info"]["train_config"]["precision"] == "bfloat16"
+  assert "full_psnr" in metadata["info"]["validation"]
   # Errors found after start-up are one line too: existing checkpoints without --resume, and a
   # folder without a prepared cache.
   again = _run("--config", "tiny", "--data", data, "--workdir", workdir, "--steps", 2)

@@ -184,6 +184,32 @@ def test_full_run_writes_checkpoints_samples_and_events(data_dir, tmp_path):
     training.train(tiny(data_dir, epochs=2, steps_per_epoch=4), workdir, progress=False)
 
 
+def test_full_frame_validation_ranks_checkpoints(data_dir, tmp_path):
+  config = tiny(data_dir, epochs=2, steps_per_epoch=2, checkpoint_every=2, num_samples=0,
+                full_validation=3, full_validation_gap=2)
+  result = training.train(config, tmp_path / "w", progress=False)
+  scores = result.validation[4]
+  # The synthetic sequences pan by a few pixels a frame: every pixel is in the smallest bucket.
+  assert {"psnr", "full_psnr", "full_psnr_<4px"} <= set(scores)
+  assert 10 < scores["full_psnr"] < 60
+  best = max(result.validation, key=lambda s: result.validation[s]["full_psnr"])
+  assert result.best_step == best
+  triplets = training._validation_frames(str(data_dir), 3, gap=2)
+  assert len(triplets) == 1 and triplets[0][0].shape == (64, 80, 3)  # one validation sequence
+  with pytest.raises(ValueError, match="full_validation_gap"):
+    config.with_overrides(full_validation_gap=0)
+
+
+def test_flow_guided_training_adds_the_centroid_term(data_dir, tmp_path):
+  config = tiny(data_dir, steps=3, steps_per_epoch=3, checkpoint_every=3, num_samples=0,
+                centroid_weight=0.05, centroid_steps=2)
+  result = training.train(config, tmp_path / "w", progress=False)
+  assert result.step == 3 and all(np.isfinite(loss) for _, loss in result.history)
+  assert "train/centroid_loss" in _event_tags(tmp_path / "w" / "tensorboard")
+  with pytest.raises(ValueError, match="centroid"):
+    config.with_overrides(centroid_weight=-1.0)
+
+
 def test_resume_is_bit_exact(data_dir, tmp_path):
   # With a warm-up spanning the resume point: the schedule's step count must be restored too.
   config = tiny(data_dir, steps_per_epoch=3, checkpoint_every=2, num_samples=0, warmup_steps=4)

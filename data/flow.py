@@ -1,0 +1,73 @@
+"""Classical optical flow (OpenCV's DIS) for data preparation, evaluation and flow-guided training.
+
+Conventions: frames are RGB uint8 (H, W, 3); a flow field is float32 (H, W, 2) in pixels,
+`flow[y, x] = (dx, dy)`: the pixel (x, y) of the first frame is seen at (x + dx, y + dy) in the
+second. DIS (dense inverse search) is in OpenCV's main build and needs no weights; the MEDIUM
+preset, as for patch selection (`data.extract`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+
+# Forward-backward consistency (UnFlow, Meister et al. 2018): a pixel's flow is trusted where
+# |f(p) + b(p + f(p))|^2 < ALPHA (|f(p)|^2 + |b(p + f(p))|^2) + BETA.
+CONSISTENCY_ALPHA = 0.01
+CONSISTENCY_BETA = 0.5
+
+_local = threading.local()  # one DIS instance per thread (tf.data calls from several)
+
+
+def _dis() -> cv2.DISOpticalFlow:
+  if not hasattr(_local, "dis"):
+    _local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+  return _local.dis
+
+
+def _grey(frame: np.ndarray, downscale: int) -> np.ndarray:
+  grey = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+  if downscale > 1:
+    grey = cv2.resize(grey, (grey.shape[1] // downscale, grey.shape[0] // downscale),
+                      interpolation=cv2.INTER_AREA)
+  return grey
+
+
+def dis_flow(first: np.ndarray, second: np.ndarray, *, downscale: int = 1) -> np.ndarray:
+  """The flow from `first` to `second` (module docstring), computed at 1/`downscale` resolution
+  and given in that resolution's pixels times `downscale` (full-resolution pixels)."""
+  return _dis().calc(_grey(first, downscale), _grey(second, downscale), None) * downscale
+
+
+def flow_magnitude(first: np.ndarray, second: np.ndarray, *, downscale: int = 1) -> np.ndarray:
+  """|flow| from `first` to `second` in full-resolution pixels, (H / downscale, W / downscale)."""
+  flow = dis_flow(first, second, downscale=downscale)
+  return np.hypot(flow[..., 0], flow[..., 1])
+
+
+def consistent(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+  """(H, W) bool: where `forward` (a to b) and `backward` (b to a) agree (module constants)."""
+  height, width = forward.shape[:2]
+  grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32),
+                               np.arange(height, dtype=np.float32))
+  # The backward flow at each pixel's forward target, bilinear; targets outside the frame fail.
+  map_x, map_y = grid_x + forward[..., 0], grid_y + forward[..., 1]
+  back = cv2.remap(backward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                   borderValue=(np.nan, np.nan))
+  inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
+  error = np.sum((forward + back) ** 2, axis=-1)
+  bound = CONSISTENCY_ALPHA * (np.sum(forward ** 2, -1) + np.sum(back ** 2, -1)) + CONSISTENCY_BETA
+  return inside & np.nan_to_num(error < bound, nan=False)
+
+
+def middle_flows(x0: np.ndarray, y: np.ndarray, x1: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """(flow0, valid0, flow1, valid1): the flows from the middle frame `y` to `x0` and to `x1`
+  (float32 (H, W, 2)) and where each passes the forward-backward check (float32 0/1 (H, W))."""
+  out = []
+  for other in (x0, x1):
+    forward, backward = dis_flow(y, other), dis_flow(other, y)
+    out += [forward.astype(np.float32), consistent(forward, backward).astype(np.float32)]
+  return tuple(out)
