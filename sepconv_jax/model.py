@@ -16,7 +16,8 @@ Conventions
   Output       sepconv(pad(frame0), V0, H0) + sepconv(pad(frame1), V1, H1), where `pad` replicates
                the border by K//2 pixels, as the published network does. With
                `kernel_normalisation` (SepConv++) the sum is divided by the same sum computed on a
-               channel of ones (see `SepConvNet.__call__`).
+               channel of ones, i.e. by sum_i V_i * sum_j H_j summed over both frames (see
+               `SepConvNet.__call__`).
   Precision    Parameters are float32. The convolutions run in `ConvOptions.precision`: "float32",
                or "bfloat16" (operands rounded to bfloat16, products accumulated in float32, on
                the CPU's bfloat16 units through oneDNN: `pallas_kernels.conv`); their results,
@@ -347,17 +348,17 @@ class SepConvNet(nnx.Module):
       The frame (B, H, W, 3), or (frame, KernelMaps) with `return_kernels`.
     """
     kernels = self.kernel_maps(frame0, frame1, conv=conv)
-    if self.config.kernel_normalisation:
-      # One extra channel of ones goes through the op with the image: its output is the sum of
-      # the kernel weights each pixel sees (both frames together), which the image is divided by.
-      ones = jnp.ones_like(frame0[..., :1])
-      frame0, frame1 = (jnp.concatenate([f, ones], axis=-1) for f in (frame0, frame1))
     total = (local_separable_conv(frame0, kernels.vertical0, kernels.horizontal0)
              + local_separable_conv(frame1, kernels.vertical1, kernels.horizontal1))
     if self.config.kernel_normalisation:
-      weight_sum = total[..., -1:]
+      # The op's response to a channel of ones (replicate-padded: ones everywhere) is the sum of
+      # the weights each pixel sees, sum_i V_i * sum_j H_j for each frame: computed directly, it
+      # costs nothing, where a fourth channel through the op would cost a third more.
+      weight_sum = sum(jnp.sum(v, axis=-1, keepdims=True) * jnp.sum(h, axis=-1, keepdims=True)
+                       for v, h in ((kernels.vertical0, kernels.horizontal0),
+                                    (kernels.vertical1, kernels.horizontal1)))
       weight_sum = jnp.where(jnp.abs(weight_sum) < _NORMALISATION_EPSILON, 1.0, weight_sum)
-      total = total[..., :-1] / weight_sum
+      total = total / weight_sum
     return (total, kernels) if return_kernels else total
 
 
