@@ -184,6 +184,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, precision: str =
   check_precision(precision)
   impl = default_conv_impl() if impl is None else impl
   if impl == "onednn":
+    if precision == "bfloat16" and not conv_onednn.bfloat16_native():
+      warn_fallback("bfloat16 in hardware", f"oneDNN's best instruction set here is "
+                    f"{conv_onednn.cpu_isa()}", "oneDNN emulates it, slower than float32")
     return conv_onednn.conv_onednn(x, kernel, bias, jnp.dtype(precision))
   if impl == "xla":
     return conv2d_xla(x, kernel, bias, precision)

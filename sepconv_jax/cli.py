@@ -125,8 +125,11 @@ def _in_betweens(interpolator: Interpolator, pairs: Sequence[tuple[np.ndarray, n
   for start in range(0, len(pairs), batch_size):
     chunk = list(pairs[start:start + batch_size])
     used = len(chunk)
-    # A constant batch shape: one compilation serves the whole stream, the last chunk included.
-    chunk += [chunk[-1]] * (batch_size - used)
+    # Few batch shapes (one compilation each): a short chunk is padded with repeats up to the next
+    # power of two only (at most batch_size), so that at most log2(batch_size) + 1 shapes are
+    # compiled and a short input never computes a whole batch of padding.
+    shape = min(batch_size, 1 << (used - 1).bit_length())
+    chunk += [chunk[-1]] * (shape - used)
     first = np.stack([pair[0] for pair in chunk])
     second = np.stack([pair[1] for pair in chunk])
     frames = interpolator.multiply(first, second, factor)  # factor-1 arrays of (B, H, W, 3)

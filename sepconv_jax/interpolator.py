@@ -6,7 +6,11 @@ Conventions of the arrays a user passes in and gets back (the network's own conv
   Colour   RGB. If the checkpoint's metadata says its weights expect BGR (the published weights
            do), the channels are swapped on the way in and back on the way out.
   Values   uint8 in [0, 255] (the result is uint8, rounded) or float in [0, 1] (the result is
-           float32, not clipped, as the network produces it).
+           not clipped, as the network produces it: a NumPy array of the input's float dtype, or
+           a float32 jax.Array for jax.Array input). Float frames must be finite and within
+           [-FLOAT_TOLERANCE, 1 + FLOAT_TOLERANCE] (ValueError otherwise: 0..255 floats or a NaN
+           would silently give garbage); the tolerance leaves room for a model's own slight
+           overshoot, which `multiply` feeds back in.
   Sizes    Any. Frames are replicate-padded by the chosen policy (`paper` or `improved`) and
            cropped back. Frames larger than `max_untiled_pixels` are interpolated in overlapping
            tiles that are blended with linear ramps, so memory stays bounded at 1080p and 4K.
@@ -40,6 +44,7 @@ from sepconv_jax.padding import DEFAULT_POLICY, POLICIES, run_padded
 # Above this many pixels per frame, tile (1280x720 untiled needs a few GB with the full network).
 DEFAULT_MAX_UNTILED_PIXELS = 1280 * 736
 FACTORS = (2, 4, 8)
+FLOAT_TOLERANCE = 0.1
 # Where the project's default model lives once one ships (see the README).
 DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parent / "weights" / "default"
 
@@ -216,6 +221,15 @@ class Interpolator:
     is_uint8 = first.dtype == np.uint8
     if not is_uint8 and not jnp.issubdtype(first.dtype, jnp.floating):
       raise ValueError(f"frames must be uint8 or float in [0, 1], got dtype {first.dtype}")
+    if not is_uint8:
+      for name, frame in (("first", first), ("second", second)):
+        low, high = (float(f(frame)) for f in (jnp.min, jnp.max))
+        if not (np.isfinite(low) and np.isfinite(high)):
+          raise ValueError(f"{name} frame has non-finite values (NaN or infinity)")
+        if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+          raise ValueError(f"float frames must be in [0, 1], {name} has values in [{low:g}, "
+                           f"{high:g}] (uint8 frames go in as uint8)")
+    numpy_dtype = None if isinstance(first, jax.Array) else first.dtype
 
     def to_model(frame):
       frame = jnp.asarray(frame, jnp.float32)
@@ -229,7 +243,7 @@ class Interpolator:
     out = out[0] if single else out
     if is_uint8:
       return np.asarray(jnp.clip(jnp.round(out * 255.0), 0, 255).astype(jnp.uint8))
-    return out
+    return out if numpy_dtype is None else np.asarray(out, numpy_dtype)
 
   def multiply(self, first, second, factor: int = 2) -> list:
     """The `factor - 1` frames evenly spaced between `first` and `second`, in time order.

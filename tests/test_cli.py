@@ -297,6 +297,25 @@ def test_video_x4_without_audio_and_batches(interpolator, tmp_path):
     assert mean_error(output["frames"][4 * i + 2], average) < 3.0, i
 
 
+def test_short_inputs_compute_no_whole_batch_of_padding(interpolator):
+  """Network batch shapes: a short chunk is padded up to the next power of two only."""
+  shapes = []
+
+  class Recording:
+    def multiply(self, first, second, factor):
+      shapes.append(first.shape[0])
+      return interpolator.multiply(first, second, factor)
+
+  frames = pattern_frames(2)
+  steps = list(cli.interpolate_sequence(Recording(), frames, factor=4, batch_size=8,
+                                        threshold=1.0))
+  assert shapes == [1] and len(steps) == 5
+  shapes.clear()
+  list(cli.interpolate_sequence(Recording(), pattern_frames(12), factor=2, batch_size=8,
+                                threshold=1.0))
+  assert shapes == [8, 4]  # 11 pairs: a full batch, then 3 padded to 4
+
+
 def test_scene_cut_score():
   frames = pattern_frames(3)
   assert scene.cut_score(frames[0], frames[0]) == 0.0

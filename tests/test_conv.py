@@ -249,3 +249,13 @@ def test_bfloat16_xla_path_lowers_for_cuda():
   assert len(convolutions) == 3
   assert all("bf16>, tensor<" in line and "xf32>" in line.split("->")[-1]
              for line in convolutions), convolutions
+
+
+@ONEDNN
+def test_bfloat16_without_hardware_support_warns(monkeypatch):
+  from pallas_kernels import _native  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(conv_onednn, "bfloat16_native", lambda: False)
+  monkeypatch.setattr(_native, "_warned", set())
+  x, kernel, bias, _ = _operands((1, 4, 4, 3, 2, 3, 3))
+  with pytest.warns(RuntimeWarning, match="emulates it"):
+    conv.conv2d(x, kernel, bias, precision="bfloat16", impl="onednn")

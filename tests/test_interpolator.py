@@ -161,3 +161,20 @@ def test_precisions_agree_and_are_reported(model, conv_impl):
   assert Interpolator(model).precision in ("float32", "bfloat16")
   with pytest.raises(ValueError, match="precision"):
     Interpolator(model, precision="float16")
+
+
+def test_float_frames_are_checked_and_keep_their_numpy_dtype(model):
+  interpolator = Interpolator(model)
+  first, second = _pattern(32, 32), _pattern(32, 32, shift=1)
+  out = interpolator(first.astype(np.float64), second.astype(np.float64))
+  assert isinstance(out, np.ndarray) and out.dtype == np.float64
+  assert interpolator(first, second).dtype == np.float32
+  assert isinstance(interpolator(jax.numpy.asarray(first), jax.numpy.asarray(second)), jax.Array)
+  with pytest.raises(ValueError, match=r"must be in \[0, 1\].*uint8"):
+    interpolator(first * 255.0, second * 255.0)  # 0..255 floats
+  broken = second.copy()
+  broken[3, 4, 1] = np.nan
+  with pytest.raises(ValueError, match="non-finite"):
+    interpolator(first, broken)
+  # A model's slight overshoot, fed back in by multiply(), stays accepted.
+  assert interpolator(np.clip(first * 1.05, 0, 1.05), second).shape == first.shape
