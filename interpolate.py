@@ -107,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   # Keep stderr to our own lines should any dependency pull in TensorFlow (as conftest.py does).
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from sepconv_jax import cli  # imports jax: only once the arguments are known to be good
+  try:
+    from sepconv_jax import cli  # imports jax: only once the arguments are known to be good
+  except KeyboardInterrupt:  # Ctrl-C during the imports: nothing has been written yet
+    print("error: interrupted", file=sys.stderr)
+    return 130
   return cli.run(args)
 
 

@@ -33,8 +33,10 @@ import fractions
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
@@ -207,7 +209,7 @@ def check_pair(first, second, out, *, factor: int, overwrite: bool = False) -> N
       raise MediaError(f"{os.fspath(path)}: file not found" if not pathlib.Path(path).exists()
                        else f"{os.fspath(path)}: not a file")
   for path in pair_output_paths(out, factor):
-    media.check_output_file(path, overwrite=overwrite)
+    media.check_output_file(path, overwrite=overwrite, inputs=(first, second))
   media.check_image_suffix(out)
 
 
@@ -276,8 +278,9 @@ def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int =
       yield frame
 
   summary = Summary(out)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial",
-                                          dir=out.absolute().parent))
+  media.remove_stale_partials(out, directory=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=media.partial_prefix(out, directory=True),
+                                          suffix=".partial", dir=out.absolute().parent))
   try:
     with _progress(len(paths), f"{out.name}", progress) as bar:
       for number, step in enumerate(interpolate_sequence(
@@ -300,7 +303,7 @@ def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int =
 
 def check_video(source, out, *, overwrite: bool = False) -> None:
   """The cheap checks of `interpolate_video`: the input opens as a video, OUT can be written."""
-  media.check_output_file(out, overwrite=overwrite)
+  media.check_output_file(out, overwrite=overwrite, inputs=(source,))
   video.check_video_suffix(out)
   video.VideoReader(source).close()
 
@@ -399,14 +402,42 @@ def _is_out_of_memory(error: BaseException) -> bool:
   return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
 
 
+class Terminated(KeyboardInterrupt):
+  """SIGTERM, turned into an interrupt so that it unwinds (and cleans up) like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+  del signum, frame
+  raise Terminated()
+
+
 def run(args) -> int:
   """Runs the pipeline chosen by the parsed arguments of interpolate.py; returns the exit status.
 
   Problems with the user's files, paths or model print one `error:` line on stderr (exit 1); an
-  interrupt exits with 130. Either way no partial output is left behind.
+  interrupt exits with 130, SIGTERM (which stops the work the same way) with 143. Either way no
+  partial output is left behind.
   """
   common = dict(factor=args.factor, threshold=args.scene_threshold)
   keep_freed_memory()  # every frame reuses the previous frame's buffers (pallas_kernels.allocator)
+  # Signal handlers can only be set from the main thread (the command line); elsewhere SIGTERM
+  # keeps its default.
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+  try:
+    return _run(args, common)
+  except Terminated:
+    print("error: terminated", file=sys.stderr)
+    return 143
+  except KeyboardInterrupt:
+    print("error: interrupted", file=sys.stderr)
+    return 130
+  finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _run(args, common: dict) -> int:
   try:
     # The cheap checks first, so that a typo fails before the model loads.
     if args.pair:
@@ -431,9 +462,6 @@ def run(args) -> int:
   except (MediaError, CheckpointError) as error:
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
     return 1
-  except KeyboardInterrupt:
-    print("error: interrupted", file=sys.stderr)
-    return 130
   except Exception as error:
     if not _is_out_of_memory(error):
       raise  # a bug: keep the traceback

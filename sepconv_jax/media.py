@@ -27,6 +27,7 @@ import contextlib
 import os
 import pathlib
 import re
+import shutil
 import tempfile
 from typing import Iterator, Sequence
 
@@ -128,13 +129,17 @@ def check_writable_dir(directory: str | os.PathLike, *, what: str) -> None:
     raise MediaError(f"cannot write {what}: directory {_display(directory)} is not writable")
 
 
-def check_output_file(path: str | os.PathLike, *, overwrite: bool) -> pathlib.Path:
-  """Checks that `path` can be created (or replaced with `overwrite`); returns it."""
+def check_output_file(path: str | os.PathLike, *, overwrite: bool,
+                      inputs: Sequence[str | os.PathLike] = ()) -> pathlib.Path:
+  """Checks that `path` can be created (or replaced with `overwrite`), and is none of `inputs`;
+  returns it."""
   path = pathlib.Path(path)
   if path.is_dir():
     raise MediaError(f"output {_display(path)} is a directory; give a file name")
   if path.exists() and not overwrite:
     raise MediaError(f"output {_display(path)} already exists (pass --overwrite to replace it)")
+  if path.exists() and any(pathlib.Path(i).exists() and os.path.samefile(path, i) for i in inputs):
+    raise MediaError(f"output {_display(path)} is an input; write the result somewhere else")
   check_writable_dir(path.parent, what=_display(path))
   return path
 
@@ -150,10 +155,54 @@ def default_permissions(path: str | os.PathLike, *, directory: bool = False) -> 
   os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def temporary_path(path: str | os.PathLike) -> pathlib.Path:
-  """A fresh hidden name next to `path`, with the same extension (so formats still follow it)."""
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # someone else's process
+    return True
+  return True
+
+
+def _partial_affixes(path: pathlib.Path, directory: bool) -> tuple[str, str]:
+  # Files keep their extension last (formats follow it); folders are `.<name>.<pid>.XXXX.partial`.
+  if directory:
+    return f".{path.name}.", ".partial"
+  return f".{path.stem}.", f".partial{path.suffix}"
+
+
+def partial_prefix(path: str | os.PathLike, *, directory: bool = False) -> str:
+  """The hidden prefix of this process's temporary outputs for `path`: `.<name>.<pid>.`, so that a
+  later run can tell a killed run's leftovers (`remove_stale_partials`) from a live run's."""
+  return f"{_partial_affixes(pathlib.Path(path), directory)[0]}{os.getpid()}."
+
+
+def remove_stale_partials(path: str | os.PathLike, *, directory: bool = False) -> None:
+  """Removes the hidden temporary outputs for `path` left by runs that were killed (their process
+  is gone); a live run's are kept."""
   path = pathlib.Path(path)
-  handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}",
+  prefix, suffix = _partial_affixes(path, directory)
+  try:
+    entries = list(path.absolute().parent.iterdir())
+  except OSError:
+    return
+  for entry in entries:
+    name = entry.name
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+      continue
+    pid = name[len(prefix):].split(".", 1)[0]
+    if pid.isdigit() and not _pid_alive(int(pid)):
+      with contextlib.suppress(OSError):
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def temporary_path(path: str | os.PathLike) -> pathlib.Path:
+  """A fresh hidden name next to `path`, with the same extension (so formats still follow it);
+  first removes what killed runs left for `path`."""
+  path = pathlib.Path(path)
+  remove_stale_partials(path)
+  handle, name = tempfile.mkstemp(prefix=partial_prefix(path), suffix=f".partial{path.suffix}",
                                   dir=path.parent)
   os.close(handle)
   return pathlib.Path(name)

@@ -10,7 +10,9 @@ to the average of its neighbours: that checks alignment, channel order and the o
 from __future__ import annotations
 
 import fractions
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -539,3 +541,47 @@ def test_an_interrupt_leaves_nothing_behind(tmp_path):
     cli.interpolate_folder(Interrupting(), source_dir, tmp_path / "out", batch_size=1,
                            progress=False)
   assert leftovers(tmp_path) == ["frames", "in.mp4"]
+
+
+def test_sigterm_stops_cleanly_with_143(tiny_model, tmp_path, capsys, monkeypatch):
+  class Terminating:
+    max_untiled_pixels = None
+
+    def multiply(self, first, second, factor):
+      os.kill(os.getpid(), signal.SIGTERM)  # arrives while the output is being written
+      raise AssertionError("SIGTERM did not stop the run")
+
+  monkeypatch.setattr(cli, "load_interpolator", lambda *a, **k: Terminating())
+  source = tmp_path / "in.mp4"
+  write_video(source, pattern_frames(4))
+  code, _, err = run_main(capsys, "--video", source, "--out", tmp_path / "out.mp4", "--model",
+                          tiny_model)
+  assert code == 143 and err.strip() == "error: terminated"
+  assert leftovers(tmp_path) == ["in.mp4"]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_stale_partials_of_killed_runs_are_removed(tiny_model, tmp_path, capsys):
+  for name, frame in zip(("a.png", "b.png"), pattern_frames(2)):
+    media.write_image(frame, tmp_path / name)
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  stale = tmp_path / f".mid.{dead}.x1y2.partial.png"
+  live = tmp_path / f".mid.{os.getpid()}.z3.partial.png"  # a run still going: kept
+  other = tmp_path / f".other.{dead}.q.partial.png"  # another output's: not ours to remove
+  for path in (stale, live, other):
+    path.write_bytes(b"half")
+  code, _, err = run_main(capsys, "--pair", tmp_path / "a.png", tmp_path / "b.png", "--out",
+                          tmp_path / "mid.png", "--model", tiny_model)
+  assert code == 0, err
+  assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_overwrite_never_replaces_an_input(tiny_model, tmp_path, capsys):
+  for name, frame in zip(("a.png", "b.png"), pattern_frames(2)):
+    media.write_image(frame, tmp_path / name)
+  before = (tmp_path / "a.png").read_bytes()
+  code, _, err = run_main(capsys, "--pair", tmp_path / "a.png", tmp_path / "b.png", "--out",
+                          tmp_path / "a.png", "--model", tiny_model, "--overwrite")
+  assert_clean_error(code, err, contains="is an input")
+  assert (tmp_path / "a.png").read_bytes() == before
