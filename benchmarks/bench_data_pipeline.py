@@ -1,6 +1,6 @@
 """Throughput of the training input pipeline (data.pipeline.train_dataset), in batches per second.
 
-  python benchmarks/bench_data_pipeline.py --data-dir ../scratch/davis_tfds
+  python benchmarks/bench_data_pipeline.py --data-dir datasets/davis_tfds
   python benchmarks/bench_data_pipeline.py                 # a small synthetic cache, made here
   python benchmarks/bench_data_pipeline.py --data-dir DIR --train-step-s 7.6
 
@@ -47,7 +47,7 @@ def make_synthetic_source(root: pathlib.Path, *, sequences: int = 4, frames: int
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--data-dir", help="prepared cache (python -m data.prepare --out DIR); "
+  parser.add_argument("--data-dir", help="prepared cache (sepconv prepare --out DIR); "
                       "default: a synthetic cache made in a temporary folder")
   parser.add_argument("--config", help="cache config name, if the data dir holds several")
   parser.add_argument("--batch-size", type=int, default=16)
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   tfds.disable_progress_bar()
-  from data import builder, pipeline  # pylint: disable=g-import-not-at-top
+  from sepconv_data import builder, pipeline  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
     data_dir = args.data_dir

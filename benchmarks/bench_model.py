@@ -13,11 +13,12 @@ is run at 640x512 and 1280x720 at 1280x768, as the published reference pads), be
   network     the U-Net and the four subnets up to the four kernel maps (jitted in JAX).
   op          the two separable local convolutions (with their 25-pixel replicate padding) that
               turn the kernel maps and the frames into the output.
-The PyTorch network is `tests/torch_sepconv.py` (written from REFERENCE.md, with the published
-state-dict keys); its op here is the straightforward loop over taps in its faster form: for each
-of the 51 vertical taps, the horizontal sum as 51 in-place multiply-adds (`addcmul_`), then one
-more multiply-add by the vertical weight (REFERENCE.md section 5 measured this formulation at 21
-GFLOP/s; the tests' 51 x 51 double loop with temporaries is slower: `--torch-op taps` times it).
+The PyTorch network is `tests/torch_sepconv.py` (written from the published architecture, with
+its state-dict keys); its op here is the straightforward loop over taps in its faster form: for
+each of the 51 vertical taps, the horizontal sum as 51 in-place multiply-adds (`addcmul_`), then
+one more multiply-add by the vertical weight (about 21 GFLOP/s on a 2-core Xeon, the fastest plain
+PyTorch formulation; the tests' 51 x 51 double loop with temporaries is slower: `--torch-op taps`
+times it).
 PyTorch runs with `torch.set_num_threads(t)` for each t of `--threads` (default 2 and 1): 2 = the
 cores of the reference machine, which XLA's CPU client uses too; 1 because on a loaded shared
 machine PyTorch's two OpenMP threads can wait on each other far longer than they gain (measured

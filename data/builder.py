@@ -1,9 +1,11 @@
 """`sepconv_triplets`: a TFDS builder that caches motion-weighted triplet patches from local video.
 
 The builder reads the folder given as its manual directory (`DownloadConfig(manual_dir=...)`:
-DAVIS layout, frame folders, videos, see `data.sources`), runs `data.extract` over every
+DAVIS layout, frame folders, videos, see `sources`), runs `extract` over every
 sequence, and writes two splits, `train` and `validation`, assigned **by sequence**: every patch of
-a sequence lands in the same split, so no scene is seen in both.
+a sequence lands in the same split, so no scene is seen in both. A source of a single sequence
+is split in time instead: its last frames (the validation fraction of them) are the validation
+split, named `<name>[cut:]`, and the frames before them the training split, `<name>[0:cut]`.
 
 Storage: each example holds `x0`, `y`, `x1` as raw uint8 tensors (P, P, 3), RGB, with no image
 codec: decoding is a `tf.io.decode_raw`, far cheaper than PNG, and lossless (JPEG would put its
@@ -24,9 +26,12 @@ Config names: `default` for the default parameters; any other parameters get
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 import os
 import pathlib
 import tempfile
@@ -35,7 +40,14 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data import extract, sources
+from . import extract, sources
+
+# tensorflow-datasets 4.9 warns that `FeatureConnector.dtype` is deprecated each time it reads its
+# own feature specs (three times per training run), and that a non-default extraction is a
+# "custom data configuration" (which `sepconv prepare` chose on purpose): nothing to act on.
+_TFDS_NOISE = ("FeatureConnector.dtype` is deprecated", "Using custom data configuration")
+logging.getLogger("absl").addFilter(
+    lambda record: not any(text in record.getMessage() for text in _TFDS_NOISE))
 
 NAME = "sepconv_triplets"
 DATASET_VERSION = "1.0.0"
@@ -101,6 +113,17 @@ def split_sequences(names: list[str], *, validation_fraction: float, seed: int,
   return train, validation
 
 
+def split_lone_sequence(sequence: sources.Sequence, validation_fraction: float
+                        ) -> tuple[sources.Sequence, sources.Sequence] | None:
+  """A source of one sequence still gets a validation split: its last `validation_fraction` of
+  frames (at least 3), disjoint from the training frames before them. None if too short."""
+  count = max(3, round(validation_fraction * sequence.num_frames))
+  cut = sequence.num_frames - count
+  if validation_fraction <= 0 or cut < 3:
+    return None
+  return sequence.part(0, cut), sequence.part(cut, None)
+
+
 class SepconvTriplets(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Triplet patches (x0, y, x1) from local video for frame-interpolation training."""
 
@@ -112,7 +135,7 @@ class SepconvTriplets(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES = {DATASET_VERSION: "DAVIS triplets, DIS-flow-weighted patches, split by sequence."}
   BUILDER_CONFIGS = [make_config()]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
-  Give a local folder as the manual directory (`python -m data.prepare --source DIR`): a DAVIS
+  Give a local folder as the manual directory (`sepconv prepare --source DIR`): a DAVIS
   layout (JPEGImages/480p/<sequence>/NNNNN.jpg), folders of consecutive frames, or video files.
   """
 
@@ -147,9 +170,15 @@ class SepconvTriplets(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     config = self.builder_config
     sequences = sources.discover_sequences(dl_manager.manual_dir)
-    train, validation = split_sequences(
-        [s.name for s in sequences], validation_fraction=config.validation_fraction,
-        seed=config.extract.seed, validation_sequences=config.validation_sequences)
+    parts = (split_lone_sequence(sequences[0], config.validation_fraction)
+             if len(sequences) == 1 and not config.validation_sequences else None)
+    if parts is not None:  # the training part first, the validation part after it
+      sequences = list(parts)
+      train, validation = [parts[0].name], [parts[1].name]
+    else:
+      train, validation = split_sequences(
+          [s.name for s in sequences], validation_fraction=config.validation_fraction,
+          seed=config.extract.seed, validation_sequences=config.validation_sequences)
     by_split = {TRAIN: [s for s in sequences if s.name in set(train)],
                 VALIDATION: [s for s in sequences if s.name in set(validation)]}
     source_dirs = self._source_dirs or [os.fspath(dl_manager.manual_dir)]
@@ -221,11 +250,14 @@ def prepare(source_dirs: list[str | os.PathLike], data_dir: str | os.PathLike,
   with tempfile.TemporaryDirectory(prefix="sepconv_sources_") as manual_dir:
     for source in source_dirs:
       (pathlib.Path(manual_dir) / source.name).symlink_to(source, target_is_directory=True)
-    builder.download_and_prepare(
-        download_dir=manual_dir,  # TFDS would otherwise leave an empty downloads/ in data_dir
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir, download_mode=mode, try_download_gcs=False,
-            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+    # prepared" on stdout; `sepconv prepare` reports the outcome itself.
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(
+          download_dir=manual_dir,  # TFDS would otherwise leave an empty downloads/ in data_dir
+          download_config=tfds.download.DownloadConfig(
+              manual_dir=manual_dir, download_mode=mode, try_download_gcs=False,
+              compute_stats=tfds.download.ComputeStatsMode.SKIP))
   return folder, False
 
 
@@ -248,7 +280,7 @@ def find_dataset(data_dir: str | os.PathLike, config: str | None = None) -> path
   if not folders:
     raise CacheError(f"no prepared {NAME} dataset in {data_dir}"
                      + (f" for config {config!r}" if config else "")
-                     + " (run python -m data.prepare --source DIR --out DIR)")
+                     + " (run sepconv prepare --source DIR --out DIR)")
   names = ", ".join(f"{f.parent.name}/{f.name}" for f in folders)
   raise CacheError(f"several prepared datasets in {data_dir} ({names}): pass config=")
 

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 import tqdm
 
-from data import flow, sources
+from . import flow, sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +243,8 @@ def extract_sequence(sequence: sources.Sequence, config: ExtractConfig) -> Seque
   patches, counts = [], Counts()
   window, histograms = [], []
   try:
-    for index, frame in enumerate(sources.iter_frames(sequence, max_height=config.max_height)):
+    frames = sources.iter_frames(sequence, max_height=config.max_height)
+    for index, frame in enumerate(frames, start=sequence.start):  # index in the whole source
       window = [*window[-2:], frame]
       histograms = [*histograms[-2:], joint_histogram(frame, config.hist_bins)]
       if len(window) == 3:

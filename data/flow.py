@@ -3,7 +3,7 @@
 Conventions: frames are RGB uint8 (H, W, 3); a flow field is float32 (H, W, 2) in pixels,
 `flow[y, x] = (dx, dy)`: the pixel (x, y) of the first frame is seen at (x + dx, y + dy) in the
 second. DIS (dense inverse search) is in OpenCV's main build and needs no weights; the MEDIUM
-preset, as for patch selection (`data.extract`).
+preset, as for patch selection (`extract`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ run eagerly as inside tf.data.
 
 Flows (`flows=True`, for the kernel-centroid loss): after augmentation, OpenCV's DIS optical flow
 from the middle frame to each input frame of the crop, with a forward-backward consistency mask
-(`data.flow.middle_flows`): "flow0", "flow1" (H, W, 2) float32 pixels (dx, dy) and "valid0",
+(`flow.middle_flows`): "flow0", "flow1" (H, W, 2) float32 pixels (dx, dy) and "valid0",
 "valid1" (H, W) float32 0/1. Computed on the final crop, so they follow every augmentation (the
 downscale, orientation and temporal swap) by construction; privileged information, since they
 use the true middle frame, for training only.
@@ -40,7 +40,7 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data import builder, flow
+from . import builder, flow
 
 FRAMES = ("x0", "y", "x1")  # temporal order in the stacked (3, H, W, C) representation
 IDENTITY, ROT90, FLIP_UP_DOWN, FLIP_LEFT_RIGHT = range(4)

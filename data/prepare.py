@@ -1,8 +1,9 @@
-"""Build the training-patch cache: `python -m data.prepare --source DIR [--source DIR] --out DIR`.
+"""Build the training-patch cache: `sepconv prepare --source DIR [--source DIR] [--out DIR]`.
 
 Example (the project's full run, DAVIS frames and the real clips; never ucf101_interp):
-  python -m data.prepare --source ../shared/data/davis_480p --source ../shared/data/videos \\
-      --out ../scratch/davis_tfds
+  sepconv prepare --source ../shared/data/davis_480p --source ../shared/data/videos \\
+      --validation-sequences davis_480p/JPEGImages/480p/cows,davis_480p/JPEGImages/480p/drift-chicane,videos/sam2_04_coffee
+(also `python -m sepconv_data.prepare`). Needs the training extra: pip install "sepconv-jax[train]".
 
 Prints how many triplets were seen, rejected as cuts, rejected for low motion and kept (and too
 small for a patch), per split, and the dataset folder. A second run with the same parameters and
@@ -13,16 +14,17 @@ and exit with status 2; nothing half-written is left where it would be loaded.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 import time
 
-from data import extract, sources
+from . import extract, missing_training_packages, sources
 
 EXIT_USAGE = 2
 
 
-# Where `train.py` looks for the cache by default (git-ignored).
+# Where `sepconv train` looks for the cache by default (git-ignored).
 DEFAULT_OUT = "datasets/davis_tfds"
 
 
@@ -38,14 +40,14 @@ def _positive_int(text):
   return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "sepconv prepare") -> argparse.ArgumentParser:
   defaults = extract.ExtractConfig()
-  p = _Parser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0],
+  p = _Parser(prog=prog, description=__doc__.split("\n\n")[0],
               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--source", action="append", required=True, metavar="DIR",
                  help="folder of sequences (DAVIS layout, frame folders, videos); repeatable")
   p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                 help="TFDS data_dir for the cache (default: %(default)s, where train.py looks)")
+                 help="TFDS data_dir for the cache (default: %(default)s, where sepconv train looks)")
   p.add_argument("--patch-size", type=_positive_int, default=defaults.patch_size)
   p.add_argument("--patches-tried", type=_positive_int, default=defaults.patches_tried,
                  help="random patches tried per triplet")
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="extraction processes (parallel over sequences)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--overwrite", action="store_true", help="rebuild an existing cache")
+  # Not sepconv_jax.commands.add_version_argument: this package never imports sepconv_jax (jax).
+  p.add_argument("--version", action="version",
+                 version=f"%(prog)s {importlib.metadata.version('sepconv-jax')}")
   return p
 
 
@@ -82,8 +87,8 @@ def _format_counts(name: str, counts: dict) -> str:
           f"{counts['kept']} kept ({counts['patches']} patches)")
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "sepconv prepare") -> int:
+  parser = build_parser(prog)
   args = parser.parse_args(argv)
   try:
     extract_config = extract.ExtractConfig(
@@ -104,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
   # TF_CPP_MIN_LOG_LEVEL; oneDNN's custom kernels do not matter for writing records.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  missing = missing_training_packages()
+  if missing is not None:
+    print(f"{parser.prog}: error: {missing}", file=sys.stderr)
+    return 1
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from data import builder  # pylint: disable=g-import-not-at-top
+  from . import builder  # pylint: disable=g-import-not-at-top
   try:
     tf.config.set_visible_devices([], "GPU")  # this command never needs a GPU
   except RuntimeError:  # TensorFlow was already initialised by a caller (tests)
@@ -144,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
       print(_format_counts(split, split_counts) + f", {len(names)} sequences")
       for name, error in counts[split].get("errors", {}).items():
         print(f"{'':>12}warning: {name}: {error}")
+  if builder.VALIDATION not in counts:
+    print(f"{builder.VALIDATION:>10}: none (pass several sequences or --validation-sequences; "
+          "training then validates on nothing)")
   print(_format_counts("total", total.as_dict()))
   return 0
 

@@ -42,12 +42,37 @@ class Sequence:
   path: str
   kind: str  # "frames" or "video"
   num_frames: int  # from the folder listing or the video header (an estimate for videos)
+  # The frames [start, stop) of the folder or video that this sequence is (stop None: to the
+  # end): a lone sequence is split in time into a training and a validation part.
+  start: int = 0
+  stop: int | None = None
+
+  def part(self, start: int, stop: int | None) -> "Sequence":
+    """Frames [start, stop) of this sequence, as a sequence named `name[start:stop]`."""
+    total = self.num_frames if stop is None else stop
+    return dataclasses.replace(self, name=f"{self.name}[{start}:{'' if stop is None else stop}]",
+                               num_frames=max(0, total - start), start=self.start + start,
+                               stop=None if stop is None else self.start + stop)
 
   @property
   def frame_paths(self) -> list[str]:
     if self.kind != "frames":
       raise ValueError(f"{self.name} is a {self.kind}, not a frame folder")
     return _image_files(pathlib.Path(self.path))
+
+
+_PART_NAME = re.compile(r"^(?P<base>.+)\[(?P<start>\d+):(?P<stop>\d*)\]$")
+
+
+def find_sequence(by_name: dict[str, Sequence], name: str) -> Sequence | None:
+  """The sequence called `name` in `by_name`, including a part such as `clip[68:]` of one."""
+  if name in by_name:
+    return by_name[name]
+  match = _PART_NAME.match(name)
+  if match is None or match["base"] not in by_name:
+    return None
+  return by_name[match["base"]].part(int(match["start"]),
+                                     int(match["stop"]) if match["stop"] else None)
 
 
 def _natural_key(name: str):
@@ -125,10 +150,20 @@ def resize_to_max_height(frame: np.ndarray, max_height: int | None) -> np.ndarra
 
 
 def iter_frames(sequence: Sequence, *, max_height: int | None = None) -> Iterator[np.ndarray]:
-  """Yields the sequence's frames in order as RGB uint8 (H, W, 3).
+  """Yields the sequence's frames [start, stop) in order as RGB uint8 (H, W, 3).
 
   Raises OSError on a file or video that cannot be decoded.
   """
+  frames = _iter_all_frames(sequence, max_height)
+  for index, frame in enumerate(frames):
+    if sequence.stop is not None and index >= sequence.stop:
+      frames.close()  # releases the video
+      return
+    if index >= sequence.start:
+      yield frame
+
+
+def _iter_all_frames(sequence: Sequence, max_height: int | None) -> Iterator[np.ndarray]:
   if sequence.kind == "frames":
     for path in sequence.frame_paths:
       bgr = cv2.imread(path, cv2.IMREAD_COLOR)

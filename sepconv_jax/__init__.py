@@ -7,11 +7,53 @@ Conventions (layout, value range, channel order, compute precision) are in `sepc
 docstring.
 """
 
-from sepconv_jax.checkpoint import CheckpointError, load_model, read_metadata, save_model
-from sepconv_jax.interpolator import Interpolator
-from sepconv_jax.model import (ConvOptions, KernelMaps, SepConvConfig, SepConvNet,
-                               count_parameters, local_separable_conv)
-from sepconv_jax.padding import POLICIES, PaddingPlan, crop, pad, plan_padding, run_padded
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# The public names and the module each lives in. They are imported on first use (PEP 562), so
+# that `import sepconv_jax` and the `sepconv` command's --help stay free of jax until needed.
+_EXPORTS = {
+    "CheckpointError": "sepconv_jax.checkpoint",
+    "load_model": "sepconv_jax.checkpoint",
+    "read_metadata": "sepconv_jax.checkpoint",
+    "save_model": "sepconv_jax.checkpoint",
+    "Interpolator": "sepconv_jax.interpolator",
+    "ConvOptions": "sepconv_jax.model",
+    "KernelMaps": "sepconv_jax.model",
+    "SepConvConfig": "sepconv_jax.model",
+    "SepConvNet": "sepconv_jax.model",
+    "count_parameters": "sepconv_jax.model",
+    "local_separable_conv": "sepconv_jax.model",
+    "POLICIES": "sepconv_jax.padding",
+    "PaddingPlan": "sepconv_jax.padding",
+    "crop": "sepconv_jax.padding",
+    "pad": "sepconv_jax.padding",
+    "plan_padding": "sepconv_jax.padding",
+    "run_padded": "sepconv_jax.padding",
+}
+
+if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
+  from sepconv_jax.checkpoint import CheckpointError, load_model, read_metadata, save_model
+  from sepconv_jax.interpolator import Interpolator
+  from sepconv_jax.model import (ConvOptions, KernelMaps, SepConvConfig, SepConvNet,
+                                 count_parameters, local_separable_conv)
+  from sepconv_jax.padding import POLICIES, PaddingPlan, crop, pad, plan_padding, run_padded
+
+
+def __getattr__(name: str):
+  module = _EXPORTS.get(name)
+  if module is None:
+    raise AttributeError(f"module 'sepconv_jax' has no attribute {name!r}")
+  value = getattr(importlib.import_module(module), name)
+  globals()[name] = value  # later lookups skip this function
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "CheckpointError",

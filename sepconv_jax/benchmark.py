@@ -1,10 +1,10 @@
 """Quality on the standard frame-interpolation sets, from the command line.
 
-  python -m sepconv_jax.benchmark --dataset middlebury --root middlebury/ --model ckpt/
-  python -m sepconv_jax.benchmark --dataset ucf101 --root ../shared/data/ucf101_interp \\
+  sepconv benchmark --dataset middlebury --root middlebury/ --model ckpt/
+  sepconv benchmark --dataset ucf101 --root ../shared/data/ucf101_interp \\
       --baseline average --json average.json
-  python -m sepconv_jax.benchmark --dataset video --root clip.mp4 --padding paper
-  python -m sepconv_jax.benchmark --dataset davis --root ../shared/data/davis_480p --motion
+  sepconv benchmark --dataset video --root clip.mp4 --padding paper
+  sepconv benchmark --dataset davis --root ../shared/data/davis_480p --motion
 
 Prints one row per item (PSNR, SSIM, seconds) and the means; `--json FILE` writes
 {"dataset", "model", "psnr", "ssim", "per_item": {...}, ...}. The metrics, layouts and timing are
@@ -22,6 +22,7 @@ from typing import Sequence
 
 from sepconv_jax import evaluation, media
 from sepconv_jax.checkpoint import CheckpointError
+from sepconv_jax.commands import add_version_argument
 
 EPILOG = """\
 datasets (--root):
@@ -54,8 +55,8 @@ class _Parser(argparse.ArgumentParser):
     raise _UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="python -m sepconv_jax.benchmark",
+def build_parser(prog: str = "sepconv benchmark") -> argparse.ArgumentParser:
+  parser = _Parser(prog=prog,
                    description="Frame-interpolation quality (PSNR, SSIM) of a model or a baseline "
                                "on a standard set.",
                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also PSNR by motion magnitude (optical flow per item)")
   parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N items only")
   parser.add_argument("--summary-only", action="store_true", help="print the means only")
+  add_version_argument(parser)
   return parser
 
 
@@ -147,10 +149,10 @@ def _predictor(args):
   """(predict, model name) for the parsed arguments; loads the model (imports jax) if needed."""
   if args.baseline:
     return evaluation.BASELINES[args.baseline], f"baseline:{args.baseline}"
-  from sepconv_jax import cli  # imports jax: only once inputs are known to be good  # pylint: disable=import-outside-toplevel
+  from sepconv_jax import pipelines  # imports jax: only once inputs are known to be good  # pylint: disable=import-outside-toplevel
   from pallas_kernels.allocator import keep_freed_memory  # pylint: disable=import-outside-toplevel
   keep_freed_memory()  # every frame reuses the previous frame's buffers
-  interpolator = cli.load_interpolator(args.model, padding=args.padding, ensemble=args.ensemble,
+  interpolator = pipelines.load_interpolator(args.model, padding=args.padding, ensemble=args.ensemble,
                                        precision=args.precision)
   return interpolator, os.fspath(args.model) if args.model else "default"
 
@@ -209,10 +211,10 @@ def run(args) -> int:
   return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "sepconv benchmark") -> int:
   """Runs the benchmark; every user error is one `error:` line on stderr and a non-zero status."""
   try:
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     if args.every is not None and args.every < 3:
       raise _UsageError(f"--every {args.every} must be at least 3")
     if (args.sequences is not None or args.gap != 1) and args.dataset != "davis":

@@ -5,7 +5,7 @@
                   L1 loss, plain Flax initialisation of the published architecture.
   frame_average   `default` with the network started at frame averaging and lr 2e-4, which on this
                   project's CPU runs trained far better in the first hundreds of steps than the
-                  plain start (../shared/notes/REFERENCE.md, section 6).
+                  plain start.
   cpu             the recipe for a CPU budget: `frame_average` with kernel normalisation (each
                   output pixel a weighted mean, as in SepConv++) and the paper's lr 1e-3, reached
                   by a 200-step warm-up; batch 16 of 64x64 crops taken after a random downscale
@@ -18,11 +18,11 @@
 
 Launch (a full run; the README has the whole recipe):
 
-  python -m data.prepare --source ../shared/data/davis_480p --source ../shared/data/videos
-  python train.py --config default --loss l1                 # -> runs/default-l1
-  python train.py --config cpu --loss l1 --steps 3000        # -> runs/cpu-l1
-  python train.py --config default --loss l1 --resume
-  python train.py --config default --loss l1+vgg --nu 1e-5 --vgg-weights vgg19.pth \
+  sepconv prepare --source ../shared/data/davis_480p --source ../shared/data/videos
+  sepconv train --config default --loss l1                 # -> runs/default-l1
+  sepconv train --config cpu --loss l1 --steps 3000        # -> runs/cpu-l1
+  sepconv train --config default --loss l1 --resume
+  sepconv train --config default --loss l1+vgg --nu 1e-5 --vgg-weights vgg19.pth \
       --init-from runs/default-l1/checkpoints/<best step>
 
 Flags of `train.py` override single fields (`with_overrides`), so a config here is the whole
@@ -58,11 +58,11 @@ class TrainConfig:
     batch_size: Global batch (all devices and hosts together); a multiple of the device count.
     crop_size: Side of the square random training crops (and of the centre validation crops).
     min_scale: Training patches are first downscaled by a random factor in [min_scale, 1]
-      (1: never), which shrinks their motion too (`data.pipeline.random_downscale`).
+      (1: never), which shrinks their motion too (`sepconv_data.pipeline.random_downscale`).
     epochs, steps: Length of the run. `steps` wins when set; otherwise `epochs` epochs of
       `steps_per_epoch` steps (by default the training split's size // batch_size).
     seed: Fixes the initialisation, the data order and augmentation, and the state's RNG.
-    data_dir: The prepared `sepconv_triplets` cache (`python -m data.prepare`).
+    data_dir: The prepared `sepconv_triplets` cache (`sepconv prepare`).
     checkpoint_every: Save every this many steps (besides each epoch end and the last step).
     keep_checkpoints: How many of the latest checkpoints to keep; the best by validation PSNR is
       kept as well.
@@ -74,7 +74,7 @@ class TrainConfig:
       triplets (n - gap, n, n + gap) of the held-out sequences, overall and by motion magnitude
       (`sepconv_jax.evaluation.psnr_by_motion`); the best checkpoint is then the one with the
       highest full-frame PSNR. 0: off (ranked by the validation crops).
-    shuffle_buffer, data_threads: tf.data settings (`data.pipeline.train_dataset`).
+    shuffle_buffer, data_threads: tf.data settings (`sepconv_data.pipeline.train_dataset`).
     centroid_weight, centroid_steps: Flow-guided kernels: add `centroid_weight` times
       `sepconv_jax.losses.kernel_centroid_loss` (kernel centroids against the optical flow from
       the true middle frame, computed per crop by the data pipeline), falling linearly to 0 at
@@ -103,7 +103,7 @@ class TrainConfig:
   steps: int | None = None
   steps_per_epoch: int | None = None
   seed: int = 0
-  data_dir: str | None = "datasets/davis_tfds"  # python -m data.prepare's default --out
+  data_dir: str | None = "datasets/davis_tfds"  # sepconv prepare's default --out
   checkpoint_every: int = 1000
   keep_checkpoints: int = 3
   log_every: int = 10

@@ -1,6 +1,6 @@
 """Converts the published PyTorch SepConv weights into a sepconv-jax checkpoint.
 
-  python -m sepconv_jax.convert network-l1.pytorch checkpoints/sepconv-l1 [--overwrite]
+  sepconv convert network-l1.pytorch checkpoints/sepconv-l1 [--overwrite]
 
 The published files (`network-l1.pytorch`, `network-lf.pytorch`) are PyTorch state dicts of 94
 tensors named `moduleConv{1..5}.{0,2,4}`, `moduleDeconv{5,4,3,2}.{0,2,4}`,
@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from sepconv_jax.checkpoint import abstract_model, save_model
+from sepconv_jax.commands import add_version_argument
 from sepconv_jax.model import SepConvConfig, SepConvNet
 
 # The published weights were trained on BGR frames (they come from an OpenCV pipeline).
@@ -141,14 +142,15 @@ def convert_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
                           "converted_by": "sepconv_jax.convert"})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "sepconv convert") -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m sepconv_jax.convert",
+      prog=prog,
       description="Convert published PyTorch SepConv weights (e.g. network-l1.pytorch) into a "
                   "sepconv-jax checkpoint (BGR recorded in its metadata).")
   parser.add_argument("input", help="the .pytorch state dict")
   parser.add_argument("output", help="the checkpoint directory to write")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+  add_version_argument(parser)
   args = parser.parse_args(argv)
   try:
     path = convert_file(args.input, args.output, overwrite=args.overwrite)

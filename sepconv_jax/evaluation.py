@@ -7,7 +7,7 @@ Conventions
             the true middle frame and, for UCF101 with its motion masks, the (H, W) bool motion
             region (else None). Each reader checks its root and lists its items when called (so that a
             wrong path fails before a model loads) and decodes the frames lazily, one item at a time.
-  Metrics   (REFERENCE.md, section 3) all on RGB frames quantised to uint8 (float predictions in
+  Metrics   as the field reports them: all on RGB frames quantised to uint8 (float predictions in
             [0, 1] are clipped and rounded, not truncated), data range 255, no border crop, one
             value per item, averaged over the set:
               psnr           MSE in float64 over every pixel and channel. Identical frames are
@@ -81,7 +81,7 @@ BASELINE_NAMES = ("average", "repeat")
 MAX_PSNR = 100.0
 VIDEO_EVERY = 30
 DAVIS_EVERY = 10
-# The DAVIS sequences the training cache holds out for validation (`python -m data.prepare
+# The DAVIS sequences the training cache holds out for validation (`sepconv prepare
 # --validation-sequences`, see the model card): never trained on by the shipped models.
 DAVIS_HELD_OUT = ("cows", "drift-chicane")
 # (name, lower, upper) in pixels of motion between the middle frame and the farther input frame.
@@ -172,7 +172,7 @@ def psnr_masked(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> 
 
 def motion_magnitude(first: np.ndarray, second: np.ndarray, truth: np.ndarray) -> np.ndarray:
   """(H, W) float32 pixels: the larger |DIS flow| from `truth` to `first` and to `second`."""
-  from data.flow import flow_magnitude  # OpenCV's DIS  # pylint: disable=import-outside-toplevel
+  from sepconv_data.flow import flow_magnitude  # OpenCV's DIS  # pylint: disable=import-outside-toplevel
   truth = to_uint8(truth)
   return np.maximum(flow_magnitude(truth, to_uint8(first), downscale=1),
                     flow_magnitude(truth, to_uint8(second), downscale=1)).astype(np.float32)

@@ -1,6 +1,6 @@
 """Exports a trained checkpoint as a compact model for shipping (no optimizer state, float16).
 
-  python -m sepconv_jax.export runs/default-l1/checkpoints/2000 sepconv_jax/weights/default \\
+  sepconv export runs/default-l1/checkpoints/2000 sepconv_jax/weights/default \\
       --dtype float16 --info '{"data": "DAVIS 480p + shared clips"}'
 
 The source is any checkpoint `sepconv_jax.checkpoint.load_model` reads: a training step directory
@@ -20,6 +20,7 @@ import sys
 from typing import Any, Sequence
 
 from sepconv_jax.checkpoint import STORAGE_DTYPES, CheckpointError, load_model, save_model
+from sepconv_jax.commands import add_version_argument
 
 
 def export_model(source: str | os.PathLike, output: str | os.PathLike, *,
@@ -45,9 +46,9 @@ def _json_object(text: str) -> dict[str, Any]:
   return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "sepconv export") -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m sepconv_jax.export",
+      prog=prog,
       description="Export a checkpoint (e.g. a training step) as a compact model: parameters and "
                   "metadata only, in a narrower storage dtype.")
   parser.add_argument("source", help="checkpoint directory (training step or saved model)")
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--info", type=_json_object, default={}, metavar="JSON",
                       help="extra facts to record in the metadata, as a JSON object")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+  add_version_argument(parser)
   args = parser.parse_args(argv)
   try:
     path = export_model(args.source, args.output, storage_dtype=args.dtype, info=args.info,

@@ -128,7 +128,7 @@ def kernel_centroid_loss(batch: Batch, kernels) -> jax.Array:
 
   `kernels` is the network's `KernelMaps`; `batch` holds "flow0", "flow1" ((B, H, W, 2), (dx, dy)
   pixels from the true middle frame to x0 and x1) and "valid0", "valid1" ((B, H, W), 1 where the
-  flow passed its forward-backward check), as `data.pipeline.train_dataset(flows=True)` gives
+  flow passed its forward-backward check), as `sepconv_data.pipeline.train_dataset(flows=True)` gives
   them. The vertical kernel of a frame should be centred at the flow's dy to that frame (it
   weights image row y + i - K//2) and the horizontal one at dx. Pixels moving farther than the
   kernels reach (K//2) are left out: no kernel can follow them.

@@ -47,6 +47,9 @@ def _display(path: str | os.PathLike) -> str:
   return os.fspath(path)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """Reads an image file as (H, W, 3) uint8 RGB, converting or refusing as the module says."""
   path = pathlib.Path(path)
@@ -61,10 +64,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     raise MediaError(f"{_display(path)}: cannot read ({error.strerror or error})") from None
   if data.size == 0:
     raise MediaError(f"{_display(path)}: file is empty")
+  if data[:8].tobytes() == _PNG_SIGNATURE and b"IEND" not in data[-64:].tobytes():
+    # Caught here: libpng prints its own "libpng error" line on a PNG cut short.
+    raise MediaError(f"{_display(path)}: truncated PNG (its end chunk is missing)")
+  level = cv2.utils.logging.getLogLevel()
+  cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our error says it
   try:
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
   except cv2.error:  # some damaged files make a decoder raise instead of returning None
     image = None
+  finally:
+    cv2.utils.logging.setLogLevel(level)
   if image is None:
     raise MediaError(f"{_display(path)}: not a readable image (unknown format or damaged file)")
   return to_rgb8(image, name=_display(path), order="BGR")

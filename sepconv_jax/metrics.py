@@ -1,7 +1,7 @@
 """Validation metrics on NHWC frames in [0, 1], per image (average them over a set yourself).
 
   psnr           over frames quantised to uint8 (clip, round, not truncate), data range 255, no
-                 border crop: the field's convention (REFERENCE.md, section 3). Identical images
+                 border crop: the field's convention (SepConv, DAIN, RIFE, FILM). Identical images
                  would score +inf; they are capped at `MAX_PSNR` so that averages stay finite.
   ssim_gaussian  SSIM with the 11x11 Gaussian window (sigma 1.5, the "MATLAB" SSIM, `losses.ssim`)
                  over the same quantised frames. Not scikit-image's default (7x7 uniform window),

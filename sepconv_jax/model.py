@@ -81,8 +81,8 @@ class SepConvConfig:
       (SepConv++), which makes every output pixel a normalised weighted average of the inputs. Off
       for the published weights.
     frame_average_init: Initialise the last conv of each subnet so that the untrained network
-      outputs the average of the two frames (REFERENCE.md, section 6). Off by default, which is
-      the plain Flax initialisation (LeCun normal weights, zero biases).
+      outputs the average of the two frames (kernels one-hot at the centre tap). Off by default,
+      which is the plain Flax initialisation (LeCun normal weights, zero biases).
   """
   channels: tuple[int, int, int, int, int] = PUBLISHED_CHANNELS
   kernel_size: int = PUBLISHED_KERNEL_SIZE

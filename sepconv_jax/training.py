@@ -38,7 +38,7 @@ checkpoints under step names.
 
 Resume. `train(..., resume=True)` restores the latest checkpoint (parameters, optimizer state,
 step, key) bit-exactly and skips the training batches already consumed: the input pipeline
-(`data.pipeline.train_dataset`) is a pure function of its seed and position, so the resumed run
+(`sepconv_data.pipeline.train_dataset`) is a pure function of its seed and position, so the resumed run
 sees exactly the batches the uninterrupted run would have seen and, on CPU, ends with the same
 parameters bit for bit. Skipping re-runs the cheap per-example augmentation of the skipped
 batches; checkpointing the tf.data iterator instead would store the 1024-example shuffle buffer
@@ -83,7 +83,7 @@ ITEM_NAMES = (checkpoint_lib.MODEL_ITEM, checkpoint_lib.METADATA_ITEM, OPTIMIZER
 # Checkpoints are ranked by the full-frame validation PSNR where the run has one, else by the PSNR
 # on validation crops.
 BEST_METRICS = ("full_psnr", "psnr")
-CHANNEL_ORDER = "RGB"  # data.pipeline delivers RGB
+CHANNEL_ORDER = "RGB"  # sepconv_data.pipeline delivers RGB
 SAMPLE_PADDING = "improved"
 
 # Fields that may change between a run and its --resume without changing what is computed (the
@@ -306,6 +306,12 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dic
 # Checkpoints
 
 
+# Orbax warns at every save without validation scores (mid-epoch saves) that a best-checkpoint
+# metric was asked for: those saves are kept by the LatestN policy on purpose.
+logging.getLogger("absl").addFilter(
+    lambda record: "did not provide metrics" not in record.getMessage())
+
+
 def checkpoint_manager(directory: str | os.PathLike, keep: int = 3, *, read_only: bool = False
                        ) -> ocp.CheckpointManager:
   """The manager of `<workdir>/checkpoints`: latest `keep` plus the best by validation PSNR."""
@@ -415,7 +421,7 @@ def _check_resume_config(workdir: pathlib.Path, config: TrainConfig, step: int) 
 
 def _validation_batches(config: TrainConfig, data_dir: str, local_batch: int
                         ) -> Iterator[dict[str, np.ndarray]]:
-  from data import pipeline  # pylint: disable=import-outside-toplevel
+  from sepconv_data import pipeline  # pylint: disable=import-outside-toplevel
   many_hosts = jax.process_count() > 1
   dataset = pipeline.validation_dataset(
       data_dir, batch_size=local_batch, crop_size=config.crop_size,
@@ -445,7 +451,7 @@ def _validation_frames(data_dir: str, count: int, *, gap: int = 1,
   """
   if count == 0:
     return []
-  from data import builder, sources  # pylint: disable=import-outside-toplevel
+  from sepconv_data import builder, sources  # pylint: disable=import-outside-toplevel
   per_sequence = []
   try:
     metadata = builder.load_metadata(data_dir)
@@ -456,8 +462,9 @@ def _validation_frames(data_dir: str, count: int, *, gap: int = 1,
       for sequence in sources.discover_sequences(root):
         found[f"{pathlib.Path(root).name}/{sequence.name}"] = sequence
     for name in wanted:
-      if name in found:
-        frames = sources.iter_frames(found[name], max_height=max_height)
+      sequence = sources.find_sequence(found, name)
+      if sequence is not None:
+        frames = sources.iter_frames(sequence, max_height=max_height)
         triplets = [(t.first, t.truth, t.second) for t in evaluation.frame_triplets(
             frames, name, every, gap)]
         per_sequence.append(triplets[:count])
@@ -472,7 +479,7 @@ def _sample_triplets(data_dir: str, count: int) -> list[tuple[np.ndarray, np.nda
   patches when the sources are unavailable), for the sample images."""
   if count == 0:
     return []
-  from data import builder, pipeline  # pylint: disable=import-outside-toplevel
+  from sepconv_data import builder, pipeline  # pylint: disable=import-outside-toplevel
   triplets = _validation_frames(data_dir, count, every=10**9)
   if not triplets:
     dataset = pipeline.read_split(data_dir, builder.VALIDATION).take(count)
@@ -616,11 +623,11 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
   must match) with a fresh optimizer at step 0; once the run has checkpoints, `resume` continues
   from them and `init_from` is not read again (so a fine-tuning job can be relaunched with the
   same flags). Raises `TrainingError` (bad inputs, non-finite loss) and
-  `data.builder.CacheError` (no prepared data).
+  `sepconv_data.builder.CacheError` (no prepared data).
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tqdm  # pylint: disable=import-outside-toplevel
-  from data import builder, pipeline  # pylint: disable=import-outside-toplevel
+  from sepconv_data import builder, pipeline  # pylint: disable=import-outside-toplevel
 
   # The compute precision is resolved here and recorded in config.json with the rest.
   conv = ConvOptions(config.precision).resolved()
@@ -632,11 +639,11 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     pass  # TensorFlow already initialised (set by the caller then)
   if config.data_dir is None:
     raise TrainingError("no training data: pass --data DIR (a cache made by "
-                        "python -m data.prepare)")
+                        "sepconv prepare)")
   data_dir = os.fspath(config.data_dir)
   if not pathlib.Path(data_dir).is_dir():
     raise TrainingError(f"no prepared training data at {data_dir}: build it with "
-                        f"`python -m data.prepare --source DIR --out {data_dir}` or pass "
+                        f"`sepconv prepare --source DIR --out {data_dir}` or pass "
                         "--data")
   cache = builder.load_builder(data_dir)  # raises CacheError without a prepared dataset
   if builder.TRAIN not in cache.info.splits:

@@ -4,7 +4,7 @@ Conventions
   Frames      (H, W, 3) uint8 RGB, decoded one at a time (a video is never held in memory).
   Time        Every frame carries its presentation timestamp (PTS) as an integer in its stream's
               time base. The writer takes PTS in a time base given up front, so that a caller can
-              place frames exactly (`sepconv_jax.cli` uses one output frame as the unit).
+              place frames exactly (`sepconv_jax.pipelines` uses one output frame as the unit).
   Colour      YUV -> RGB with the input's colour matrix and range (BT.601 when untagged, as
               FFmpeg assumes), and back to YUV with the same matrix; the output is tagged with
               the input's matrix, range, primaries and transfer, so colours survive the round trip.

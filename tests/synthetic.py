@@ -1,5 +1,5 @@
 """Synthetic inputs shared by the tests: frame folders of a panning texture, and the tiny training
-cache prepared from them (real `data.builder` code on made-up frames)."""
+cache prepared from them (real `sepconv_data.builder` code on made-up frames)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from data import builder, extract
+from sepconv_data import builder, extract
 
 TRAINING_PATCH = 48
 TRAINING_SHIFT = 2  # px per frame: x0 -> x1 moves 4 px, within the tiny model's 5-tap kernels

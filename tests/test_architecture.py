@@ -1,5 +1,6 @@
-"""The package layout holds: the project's own `data` is imported, and imports flow one way
-(`pallas_kernels` needs only jax, `data` never imports jax)."""
+"""The package layout holds: the repository's `data/` is the installed `sepconv_data`, nothing
+imports a top-level `data`, and imports flow one way (`pallas_kernels` needs only jax,
+`sepconv_data` never imports jax)."""
 
 from __future__ import annotations
 
@@ -18,28 +19,42 @@ def _modules_after_import(statement: str) -> set[str]:
   return set(result.stdout.split())
 
 
-def test_the_project_data_package_is_the_one_imported():
-  import data  # pylint: disable=import-outside-toplevel
-  assert pathlib.Path(data.__file__).resolve().parent == REPO_ROOT / "data"
+def test_the_data_folder_is_the_installed_sepconv_data_package():
+  import sepconv_data  # pylint: disable=import-outside-toplevel
+  assert pathlib.Path(sepconv_data.__file__).resolve().parent == REPO_ROOT / "data"
+
+
+def test_nothing_imports_a_top_level_data_module():
+  """`data` would be whatever the user's working directory holds (tests/test_install.py)."""
+  for folder in ("pallas_kernels", "sepconv_jax", "data", "tests", "benchmarks", "."):
+    for module, names in _imported_top_level_names(folder, recursive=folder != ".").items():
+      assert "data" not in names, module
+
+
+def test_importing_sepconv_jax_is_light():
+  """The public names load on first use: `import sepconv_jax` and `sepconv --help` need no jax."""
+  modules = _modules_after_import("import sepconv_jax, sepconv_jax.commands")
+  assert not {"jax", "flax", "tensorflow", "cv2"} & modules
 
 
 def test_pallas_kernels_imports_only_jax():
   modules = _modules_after_import("import pallas_kernels")
-  assert not {"flax", "tensorflow", "sepconv_jax", "data", "cv2", "torch"} & modules
+  assert not {"flax", "tensorflow", "sepconv_jax", "sepconv_data", "cv2", "torch"} & modules
 
 
-def _imported_top_level_names(package: str) -> dict[str, set[str]]:
+def _imported_top_level_names(package: str, recursive: bool = True) -> dict[str, set[str]]:
   """{module file: top-level names it imports}, read from the source (TensorFlow itself imports
   jax when it is installed, so only the project's own import statements can be checked)."""
   imported = {}
-  for path in sorted((REPO_ROOT / package).rglob("*.py")):
+  folder = REPO_ROOT / package
+  for path in sorted(folder.rglob("*.py") if recursive else folder.glob("*.py")):
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
       if isinstance(node, ast.Import):
         names |= {alias.name.split(".")[0] for alias in node.names}
       elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
         names.add(node.module.split(".")[0])
-    imported[path.name] = names
+    imported[path.relative_to(REPO_ROOT).as_posix()] = names
   return imported
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import interpolate  # the root script
-from sepconv_jax import cli, interpolator as interpolator_module, media, scene  # noqa: E402
+from sepconv_jax.commands import interpolate  # what `sepconv interpolate` and interpolate.py run
+from sepconv_jax import interpolator as interpolator_module, media, pipelines, scene  # noqa: E402
 from sepconv_jax import video  # noqa: E402
 from sepconv_jax.interpolator import Interpolator  # noqa: E402
 from sepconv_jax.model import SepConvConfig, SepConvNet  # noqa: E402
@@ -206,6 +206,19 @@ def test_pair_end_to_end_on_the_shipped_sample_x4(tiny_model, tmp_path):
   assert leftovers(tmp_path) == ["middle_1.png", "middle_2.png", "middle_3.png"]
 
 
+def test_damaged_pngs_give_one_line_even_from_the_decoders(tmp_path):
+  """libpng and OpenCV print their own warnings on stderr (below Python's capture): a PNG cut
+  short or with a broken header must still end in exactly one line."""
+  whole = (REPO_ROOT / "samples" / "street_0.png").read_bytes()
+  for name, data in (("cut.png", whole[:60000]), ("header.png", whole[:30])):
+    (tmp_path / name).write_bytes(data)
+    done = run_script("--pair", tmp_path / name, REPO_ROOT / "samples" / "street_1.png",
+                      "--out", tmp_path / "mid.png")
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / name}: truncated PNG (its end chunk is missing)"], done.stderr
+    assert not (tmp_path / "mid.png").exists()
+
+
 def test_the_shipped_clip_is_what_the_readme_says():
   clip = probe(REPO_ROOT / "samples" / "car-turn.mp4")
   assert len(clip["frames"]) == 81 and clip["rate"] == 25
@@ -267,9 +280,9 @@ def test_frames_folder_x4_with_a_scene_cut(tiny_model, tmp_path, capsys):
 
 def test_scene_threshold_one_disables_the_cut_test(interpolator):
   frames = shot(2, (30, 30, 150), seed=1) + shot(2, (170, 120, 20), seed=2)
-  steps = list(cli.interpolate_sequence(interpolator, frames, threshold=1.0))
+  steps = list(pipelines.interpolate_sequence(interpolator, frames, threshold=1.0))
   assert [step.kind for step in steps] == ["input", "new"] * 3 + ["input"]
-  steps = list(cli.interpolate_sequence(interpolator, frames))
+  steps = list(pipelines.interpolate_sequence(interpolator, frames))
   assert [step.kind for step in steps] == ["input", "new", "input", "repeat", "input", "new",
                                            "input"]
 
@@ -282,7 +295,7 @@ def test_video_x4_without_audio_and_batches(interpolator, tmp_path):
   source = tmp_path / "in.mkv"
   write_video(source, frames, rate=fractions.Fraction(24))
   out = tmp_path / "out.mp4"
-  summary = cli.interpolate_video(interpolator, source, out, factor=4, batch_size=3,
+  summary = pipelines.interpolate_video(interpolator, source, out, factor=4, batch_size=3,
                                   threshold=1.0, progress=False)
   assert (summary.inputs, summary.interpolated, summary.held, summary.cuts) == (5, 12, 3, 0)
   output = probe(out)
@@ -309,11 +322,11 @@ def test_short_inputs_compute_no_whole_batch_of_padding(interpolator):
       return interpolator.multiply(first, second, factor)
 
   frames = pattern_frames(2)
-  steps = list(cli.interpolate_sequence(Recording(), frames, factor=4, batch_size=8,
+  steps = list(pipelines.interpolate_sequence(Recording(), frames, factor=4, batch_size=8,
                                         threshold=1.0))
   assert shapes == [1] and len(steps) == 5
   shapes.clear()
-  list(cli.interpolate_sequence(Recording(), pattern_frames(12), factor=2, batch_size=8,
+  list(pipelines.interpolate_sequence(Recording(), pattern_frames(12), factor=2, batch_size=8,
                                 threshold=1.0))
   assert shapes == [8, 4]  # 11 pairs: a full batch, then 3 padded to 4
 
@@ -371,8 +384,8 @@ def test_grey_and_rgba_pairs_are_converted(tiny_model, tmp_path, capsys):
 
 def test_ensemble_flag_reaches_the_interpolator(tiny_model, tmp_path, capsys, monkeypatch):
   loaded = []
-  original = cli.load_interpolator
-  monkeypatch.setattr(cli, "load_interpolator",
+  original = pipelines.load_interpolator
+  monkeypatch.setattr(pipelines, "load_interpolator",
                       lambda *a, **k: loaded.append(original(*a, **k)) or loaded[-1])
   frames = pattern_frames(2)
   for name, frame in zip(("a.png", "b.png"), frames):
@@ -391,8 +404,8 @@ def test_precision_flag_reaches_the_interpolator_and_the_summary(tiny_model, tmp
                                                                  monkeypatch, flag, expected):
   from pallas_kernels.conv import default_precision  # pylint: disable=import-outside-toplevel
   loaded = []
-  original = cli.load_interpolator
-  monkeypatch.setattr(cli, "load_interpolator",
+  original = pipelines.load_interpolator
+  monkeypatch.setattr(pipelines, "load_interpolator",
                       lambda *a, **k: loaded.append(original(*a, **k)) or loaded[-1])
   for name, frame in zip(("a.png", "b.png"), pattern_frames(2)):
     media.write_image(frame, tmp_path / name)
@@ -531,14 +544,14 @@ def test_an_interrupt_leaves_nothing_behind(tmp_path):
   source = tmp_path / "in.mp4"
   write_video(source, pattern_frames(4))
   with pytest.raises(KeyboardInterrupt):
-    cli.interpolate_video(Interrupting(), source, tmp_path / "out.mp4", batch_size=1,
+    pipelines.interpolate_video(Interrupting(), source, tmp_path / "out.mp4", batch_size=1,
                           progress=False)
   source_dir = tmp_path / "frames"
   source_dir.mkdir()
   for i, frame in enumerate(pattern_frames(3)):
     media.write_image(frame, source_dir / f"{i}.png")
   with pytest.raises(KeyboardInterrupt):
-    cli.interpolate_folder(Interrupting(), source_dir, tmp_path / "out", batch_size=1,
+    pipelines.interpolate_folder(Interrupting(), source_dir, tmp_path / "out", batch_size=1,
                            progress=False)
   assert leftovers(tmp_path) == ["frames", "in.mp4"]
 
@@ -551,7 +564,7 @@ def test_sigterm_stops_cleanly_with_143(tiny_model, tmp_path, capsys, monkeypatc
       os.kill(os.getpid(), signal.SIGTERM)  # arrives while the output is being written
       raise AssertionError("SIGTERM did not stop the run")
 
-  monkeypatch.setattr(cli, "load_interpolator", lambda *a, **k: Terminating())
+  monkeypatch.setattr(pipelines, "load_interpolator", lambda *a, **k: Terminating())
   source = tmp_path / "in.mp4"
   write_video(source, pattern_frames(4))
   code, _, err = run_main(capsys, "--video", source, "--out", tmp_path / "out.mp4", "--model",

@@ -1,8 +1,8 @@
 """The weight converter against an independent PyTorch SepConv with the published key names.
 
 The real `network-l1.pytorch` is not needed: a state dict with the same keys and shapes comes from
-`tests/torch_sepconv.py` (written from REFERENCE.md, not from the Flax code), and both networks must
-produce the same frames, full width and K = 51, through the padding policies.
+`tests/torch_sepconv.py` (written from the published architecture, not from the Flax code), and
+both networks must produce the same frames, full width and K = 51, through the padding policies.
 """
 
 from __future__ import annotations

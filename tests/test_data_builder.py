@@ -1,4 +1,4 @@
-"""The TFDS cache and the `python -m data.prepare` command, on tiny folders made here."""
+"""The TFDS cache and the `sepconv prepare` command, on tiny folders made here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import builder, extract, pipeline, prepare, sources
+from sepconv_data import builder, extract, pipeline, prepare, sources
 from tests import synthetic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -98,6 +98,28 @@ def test_split_sequences_rules():
     builder.split_sequences(names, validation_fraction=0.1, seed=0, validation_sequences=("x",))
 
 
+def test_a_lone_sequence_is_split_in_time(tmp_path):
+  """One clip (the shipped samples/) still gets a validation split: its last frames, disjoint
+  from the training frames, and findable by name for the full-frame validation."""
+  clip = sources.Sequence("clip", "/x/clip.mp4", "video", 81)
+  train, validation = builder.split_lone_sequence(clip, 0.15)
+  assert (train.name, train.start, train.stop, train.num_frames) == ("clip[0:69]", 0, 69, 69)
+  assert (validation.name, validation.start, validation.stop) == ("clip[69:]", 69, None)
+  assert sources.find_sequence({"clip": clip}, "clip[69:]") == validation
+  assert sources.find_sequence({"clip": clip}, "other[69:]") is None
+  assert builder.split_lone_sequence(sources.Sequence("c", "c.mp4", "video", 5), 0.15) is None
+  assert builder.split_lone_sequence(clip, 0.0) is None
+  # The frame range is what iter_frames reads, and extraction numbers frames in the whole source.
+  source = synthetic.write_panning_sequences(tmp_path, ("seq",), frames=8, shift=3, height=96,
+                                             width=112)
+  whole = sources.discover_sequences(source)[0]
+  frames = list(sources.iter_frames(whole))
+  part = list(sources.iter_frames(whole.part(2, 6)))
+  assert len(part) == 4 and all(np.array_equal(a, b) for a, b in zip(part, frames[2:6]))
+  result = extract.extract_sequence(whole.part(2, 6), CONFIG.extract)
+  assert {p.frame for p in result.patches} <= {3, 4}
+
+
 def test_prepared_cache_is_reused_without_recomputation(cache, monkeypatch):
   source, data_dir = cache
 
@@ -171,7 +193,7 @@ def test_validation_pipeline_is_plain(cache):
 
 
 def test_pipeline_reports_a_missing_cache_and_a_too_large_crop(tmp_path, cache):
-  with pytest.raises(builder.CacheError, match="python -m data.prepare"):
+  with pytest.raises(builder.CacheError, match="sepconv prepare"):
     pipeline.train_dataset(tmp_path)
   with pytest.raises(ValueError, match="crop_size=64"):
     pipeline.train_dataset(cache[1], crop_size=64)

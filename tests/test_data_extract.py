@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data import extract, flow, sources
+from sepconv_data import extract, flow, sources
 
 DAVIS = pathlib.Path("davis_480p") / "JPEGImages" / "480p"
 

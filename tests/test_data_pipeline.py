@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import pipeline
+from sepconv_data import pipeline
 
 SIZE = 40  # small synthetic patches keep these tests fast
 CROP = 32

@@ -49,7 +49,8 @@ def test_the_default_model_follows_motion_that_averaging_ghosts(default_interpol
 
 def test_readme_first_command_interpolates_the_shipped_pair(tmp_path):
   out = tmp_path / "middle.png"
-  done = subprocess.run([sys.executable, "interpolate.py", "--pair", "samples/street_0.png",
+  sepconv = pathlib.Path(sys.executable).parent / "sepconv"  # the installed console script
+  done = subprocess.run([sepconv, "interpolate", "--pair", "samples/street_0.png",
                          "samples/street_1.png", "--out", out], cwd=ROOT, capture_output=True,
                         text=True, check=False)
   assert done.returncode == 0, done.stderr[-2000:]

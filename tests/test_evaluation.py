@@ -1,6 +1,6 @@
 """Evaluation: metrics against scikit-image and hand computations on real frames, the dataset
 readers on small folders built here, the averaging baseline on the whole UCF101 set, and the
-`python -m sepconv_jax.benchmark` command line."""
+`sepconv benchmark` command line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python train.py`: usage errors in one line, and a real tiny run end to end."""
+"""`sepconv train`: usage errors in one line, and a real tiny run end to end."""
 
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ def test_usage_errors_are_one_line(tmp_path, args, code, message):
 
 
 def test_the_default_data_folder_missing_says_how_to_make_it(tmp_path):
-  """`python train.py --loss l1` with no prepared data (run where there is none)."""
+  """`sepconv train --loss l1` with no prepared data (run where there is none)."""
   done = _run("--loss", "l1", cwd=tmp_path)
   assert done.returncode == 1
   lines = done.stderr.strip().splitlines()
-  assert len(lines) == 1 and "python -m data.prepare" in lines[0], done.stderr
+  assert len(lines) == 1 and "sepconv prepare" in lines[0], done.stderr
   assert "--out datasets/davis_tfds" in lines[0], done.stderr
   assert not (tmp_path / "runs").exists()
 
@@ -76,9 +76,6 @@ def test_tiny_run_end_to_end(tmp_path):
 
 def test_config_choices_mirror_the_library():
   """train.py lists the config names itself (its --help must not import jax): keep them in step."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
   from sepconv_jax import configs  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "train.py")
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  from sepconv_jax.commands import train as script  # pylint: disable=import-outside-toplevel
   assert tuple(script.CONFIGS) == tuple(configs.CONFIGS)

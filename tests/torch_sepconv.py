@@ -1,4 +1,4 @@
-"""An independent PyTorch SepConv, written from REFERENCE.md section 1 (not from the Flax code).
+"""An independent PyTorch SepConv, written from the published architecture (not from the Flax code).
 
 It is the test oracle for the weight converter: its `state_dict()` has the published key names and
 shapes (`moduleConv1.0.weight`, ..., `moduleHorizontal2.7.bias`), so a converted copy of it must

@@ -388,7 +388,7 @@ def load_interpolator(model: str | os.PathLike | None, *, padding: str,
     except FileNotFoundError:
       raise CheckpointError("no default model is installed yet; pass --model CHECKPOINT (a "
                             "directory written by sepconv_jax.save_model or "
-                            "python -m sepconv_jax.convert)") from None
+                            "sepconv convert)") from None
   if not pathlib.Path(model).is_dir():
     raise CheckpointError(f"--model {os.fspath(model)}: no checkpoint directory there")
   try:

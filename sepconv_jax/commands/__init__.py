@@ -1,0 +1,84 @@
+"""The `sepconv` command (also `python -m sepconv_jax`): one entry point, a subcommand per job.
+
+  sepconv interpolate --pair a.png b.png --out mid.png    sepconv_jax.commands.interpolate
+  sepconv train --data DIR --workdir DIR                  sepconv_jax.commands.train
+  sepconv benchmark --dataset ucf101 --root DIR           sepconv_jax.benchmark
+  sepconv convert network-l1.pytorch ckpt/                sepconv_jax.convert
+  sepconv export runs/x/checkpoints/STEP model/           sepconv_jax.export
+  sepconv prepare --source DIR --out DIR                  sepconv_data.prepare
+
+Each subcommand module has `main(argv, prog) -> exit status` and answers `--help` and `--version`.
+This module imports only the standard library until a subcommand is chosen, so that `sepconv
+--help` and usage errors answer at once; each subcommand imports jax only once its arguments are
+known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import sys
+from typing import Sequence
+
+PROG = "sepconv"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# name: (module, one-line summary), in the order a user meets them.
+SUBCOMMANDS = {
+    "interpolate": ("sepconv_jax.commands.interpolate",
+                    "the frames between two images, in a frame folder or in a video"),
+    "benchmark": ("sepconv_jax.benchmark",
+                  "quality (PSNR, SSIM) on UCF101, Middlebury, DAVIS or a video"),
+    "prepare": ("sepconv_data.prepare",
+                "build the training-patch cache from DAVIS-style folders and videos"),
+    "train": ("sepconv_jax.commands.train", "train a model on a prepared cache"),
+    "export": ("sepconv_jax.export", "a checkpoint as a compact model (float16 parameters)"),
+    "convert": ("sepconv_jax.convert", "published PyTorch SepConv weights as a checkpoint"),
+}
+
+
+def version() -> str:
+  """The installed distribution's version (pyproject.toml's `version`)."""
+  try:
+    return importlib.metadata.version("sepconv-jax")
+  except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+    return "unknown (not installed)"
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+
+
+def _usage() -> str:
+  width = max(map(len, SUBCOMMANDS))
+  lines = [f"usage: {PROG} COMMAND [options]   ({PROG} COMMAND --help for a command's options)",
+           "", "SepConv video frame interpolation.", "", "commands:"]
+  lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+  lines += ["", "options:", "  -h, --help  this message", "  --version   the version"]
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv:
+    print(_usage(), file=sys.stderr)
+    return EXIT_USAGE
+  name, rest = argv[0], argv[1:]
+  if name in ("-h", "--help"):
+    print(_usage())
+    return 0
+  if name == "--version":
+    print(f"{PROG} {version()}")
+    return 0
+  if name not in SUBCOMMANDS:
+    print(f"{PROG}: error: unknown command {name!r} (choose from {', '.join(SUBCOMMANDS)}; "
+          f"see {PROG} --help)", file=sys.stderr)
+    return EXIT_USAGE
+  try:
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+  except KeyboardInterrupt:  # Ctrl-C while the imports run: nothing has been done yet
+    print("error: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+  return module.main(rest, prog=f"{PROG} {name}")

@@ -1,0 +1,118 @@
+"""`sepconv interpolate` (and `sepconv interpolate`): a pair of images, a folder of frames, or a video.
+
+  sepconv interpolate --pair one.png two.png --out middle.png [--factor 4]
+  sepconv interpolate --frames frames/ --out frames_x2/
+  sepconv interpolate --video clip.mp4 --out clip_2x.mp4 [--factor 2|4|8]
+
+Only parses arguments: the work is in `sepconv_jax.pipelines`, `sepconv_jax.media` (images),
+`sepconv_jax.video` (PyAV) and `sepconv_jax.scene` (scene cuts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sepconv_jax.commands import add_version_argument
+
+# Mirrors sepconv_jax.interpolator.FACTORS and sepconv_jax.scene.DEFAULT_THRESHOLD, so that --help
+# and usage errors answer at once, before jax is imported.
+FACTORS = (2, 4, 8)
+DEFAULT_SCENE_THRESHOLD = 0.2
+# Mirrors pallas_kernels.conv.PRECISIONS, plus "auto".
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+EPILOG = """\
+outputs:
+  --pair    OUT is the middle frame. With --factor 4 or 8 the factor-1 frames are written as
+            OUT's name with _1, _2, ... before the extension, in time order (mid.png ->
+            mid_1.png, mid_2.png, mid_3.png).
+  --frames  OUT is a new (or empty) directory: 000000.png, 000001.png, ... in the input's
+            format, factor*(N-1)+1 frames. Inputs are the folder's images in natural order
+            (frame2 before frame10).
+  --video   fps exactly factor x the input's, every input frame kept, factor*N frames (the last
+            frame is held for factor-1 extra frames so that the duration matches the input),
+            audio streams copied without re-encoding. H.264 (CRF 18), .mp4/.m4v/.mov/.mkv.
+
+images: grey is expanded to RGB, 16-bit is rounded to 8-bit, an alpha channel is dropped when
+  fully opaque; images with transparent pixels are refused.
+scene cuts: where the two frames' colour histograms differ by more than --scene-threshold (total
+  variation distance of 8x8x8-bin RGB histograms, 0..1), the in-between frames repeat the first
+  frame instead of morphing; 1 turns the test off.
+model: without --model, the project's default model (sepconv_jax/weights/default).
+precision: the network's convolutions in float32, or in bfloat16 (bfloat16 operands, float32
+  accumulation; the weights and everything else stay float32) on the CPU's bfloat16 units through
+  oneDNN. auto picks bfloat16 on CPUs that multiply it in hardware (AVX512-BF16, AMX), float32
+  elsewhere. The closing line says which path ran.
+"""
+
+
+def _threshold(text: str) -> float:
+  value = float(text)
+  if not 0.0 <= value <= 1.0:
+    raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
+  return value
+
+
+def _positive(minimum: int):
+  def parse(text: str) -> int:
+    value = int(text)
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+    return value
+  return parse
+
+
+def build_parser(prog: str = "sepconv interpolate") -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog=prog,
+      description="SepConv video frame interpolation: the frames between two images, a frame\n"
+                  "sequence, or a video at 2x, 4x or 8x its frame rate.",
+      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--pair", nargs=2, metavar=("FIRST", "SECOND"),
+                      help="two images: write the frame(s) between them")
+  source.add_argument("--frames", metavar="DIR", help="a folder of PNG/JPEG frames")
+  source.add_argument("--video", metavar="FILE", help="a video file")
+  parser.add_argument("--out", required=True, help="output image, folder or video (see below)")
+  parser.add_argument("--model", metavar="CHECKPOINT",
+                      help="checkpoint directory (sepconv_jax.save_model or sepconv_jax.convert); "
+                           "default: the project's default model")
+  parser.add_argument("--factor", type=int, choices=FACTORS, default=2,
+                      help="frame-rate multiplier (default: 2)")
+  parser.add_argument("--padding", choices=("improved", "paper"), default="improved",
+                      help="how frames are padded to the network's size multiple "
+                           "(default: improved)")
+  parser.add_argument("--ensemble", action="store_true",
+                      help="also interpolate each pair in reverse time order and average the "
+                           "two results: twice the work, slightly sharper and cleaner")
+  parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                      help="the network's compute precision (default: auto, see below)")
+  parser.add_argument("--scene-threshold", type=_threshold, default=DEFAULT_SCENE_THRESHOLD,
+                      metavar="T", help="histogram distance above which two frames are a scene "
+                                        f"cut (default: {DEFAULT_SCENE_THRESHOLD}; 1 disables)")
+  parser.add_argument("--max-untiled-pixels", type=_positive(0), metavar="N",
+                      help="frames with more pixels are interpolated in overlapping tiles "
+                           "(default: 1280*736)")
+  parser.add_argument("--tile-size", type=_positive(32), metavar="PX",
+                      help="edge of a square tile for large frames (default: 512)")
+  parser.add_argument("--batch-size", type=_positive(1), metavar="B",
+                      help="frame pairs per network call for --frames/--video (default: as many "
+                           "as fit one 1280x720 frame's pixels, at most 8)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace an existing output file (--pair, --video)")
+  add_version_argument(parser)
+  return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "sepconv interpolate") -> int:
+  args = build_parser(prog).parse_args(argv)
+  # Keep stderr to our own lines should any dependency pull in TensorFlow (as conftest.py does).
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    from sepconv_jax import pipelines  # imports jax: only once the arguments are known to be good
+  except KeyboardInterrupt:  # Ctrl-C during the imports: nothing has been written yet
+    print("error: interrupted", file=sys.stderr)
+    return 130
+  return pipelines.run(args)

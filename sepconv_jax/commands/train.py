@@ -1,0 +1,184 @@
+"""`sepconv train` (and `python train.py`): `--data DIR --workdir DIR [--config default] ...`.
+
+  sepconv train --workdir runs/l1                                     # the paper, on the cache
+  sepconv train --workdir runs/l1 --resume                            # continue
+  sepconv train --workdir runs/l1 --resume --decay 3000:4000 --steps 4000   # ... anneal the end
+  sepconv train --workdir runs/lf --loss l1+vgg --nu 1e-5 \\
+      --vgg-weights vgg19-dcbb9e9d.pth --init-from runs/l1/checkpoints/STEP  # fine-tune
+
+--data defaults to datasets/davis_tfds, where `sepconv prepare` writes the cache. Training needs
+the `train` extra (TensorFlow, tensorflow-datasets): `pip install "sepconv-jax[train]"`.
+
+Configs (`sepconv_jax.configs`): default (batch 16, 128x128 crops, AdaMax lr 1e-3, L1),
+frame_average (start at frame averaging, lr 2e-4), cpu (the shipped model's recipe) and tiny
+(tests, laptops); flags override single fields. The work directory receives checkpoints/<step>/
+(each loadable with `sepconv_jax.load_model`), tensorboard/ event files, samples/<step>/ images
+and config.json.
+
+Several hosts: start the same command on every host with --distributed (coordinator address,
+process count and index from the environment, as `jax.distributed.initialize()` reads them).
+
+Only parses arguments: the work is in `sepconv_jax.training`. Problems with flags, data or the
+work directory print one `error:` line and exit non-zero (2 for usage, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from sepconv_jax.commands import add_version_argument
+
+CONFIGS = ("default", "frame_average", "cpu", "tiny")  # mirrors sepconv_jax.configs.CONFIGS
+LOSSES = ("l1", "l2", "ssim", "vgg", "l1+vgg")  # mirrors sepconv_jax.losses.LOSSES
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one line, no usage block
+    self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(kind):
+  def parse(text):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
+    if value <= 0:
+      raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+  return parse
+
+
+def _decay_range(text: str) -> tuple[int, int]:
+  start, sep, end = text.partition(":")
+  try:
+    if sep:
+      return int(start), int(end)
+  except ValueError:
+    pass
+  raise argparse.ArgumentTypeError(f"expected START:END steps, got {text!r}")
+
+
+def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
+  p = _Parser(prog=prog, description=__doc__.split("\n\n")[0],
+              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", choices=CONFIGS, default="default",
+                 help="base configuration (default: %(default)s)")
+  p.add_argument("--data", metavar="DIR", help="prepared cache (sepconv prepare --out DIR; default: datasets/davis_tfds)")
+  p.add_argument("--workdir", metavar="DIR",
+                 help="checkpoints, TensorBoard events, samples and config.json go here "
+                      "(default: runs/CONFIG-LOSS)")
+  p.add_argument("--loss", choices=LOSSES)
+  p.add_argument("--nu", type=float, help="weight of the VGG term of l1+vgg (default 1e-5)")
+  p.add_argument("--vgg-weights", metavar="FILE",
+                 help="local ImageNet VGG-19 weights (.pth or .npz) for the vgg losses")
+  p.add_argument("--lr", type=_positive(float), help="AdaMax learning rate")
+  p.add_argument("--warmup-steps", type=int, metavar="N",
+                 help="ramp the learning rate up linearly over the first N steps")
+  p.add_argument("--decay", type=_decay_range, metavar="START:END",
+                 help="cosine-decay the learning rate from step START to --final-lr at step END "
+                      "(may be added when resuming, if START is still ahead)")
+  p.add_argument("--final-lr", type=float, metavar="LR",
+                 help="learning rate at the end of --decay (default 1e-5)")
+  p.add_argument("--batch-size", type=_positive(int), help="global batch size")
+  p.add_argument("--crop-size", type=_positive(int), help="training crop side (multiple of 32)")
+  p.add_argument("--min-scale", type=float, metavar="S",
+                 help="downscale training patches by a random factor in [S, 1] first (S in (0, 1])")
+  length = p.add_mutually_exclusive_group()
+  length.add_argument("--epochs", type=_positive(int))
+  length.add_argument("--steps", type=_positive(int), help="total steps (instead of --epochs)")
+  p.add_argument("--steps-per-epoch", type=_positive(int),
+                 help="default: training examples // batch size")
+  p.add_argument("--checkpoint-every", type=_positive(int), help="steps between checkpoints")
+  p.add_argument("--keep", type=_positive(int), help="latest checkpoints to keep (and the best)")
+  p.add_argument("--log-every", type=_positive(int))
+  p.add_argument("--validation-batches", type=_positive(int),
+                 help="validate on at most this many batches (default: the whole split)")
+  p.add_argument("--samples", type=int, help="full frames interpolated per validation")
+  p.add_argument("--full-validation", type=int, metavar="N",
+                 help="also score N full-frame held-out triplets at each validation, overall and "
+                      "by motion (<4px, 4-16px, >16px), and rank checkpoints by them (0: off)")
+  p.add_argument("--full-validation-gap", type=_positive(int), metavar="G",
+                 help="those triplets are frames (n-G, n, n+G) (default 1; 2 doubles the motion)")
+  p.add_argument("--centroid-weight", type=float, metavar="W",
+                 help="flow-guided kernels: add W x the distance of each kernel's centroid from "
+                      "the optical flow to the true middle frame (pixels; 0: off)")
+  p.add_argument("--centroid-steps", type=_positive(int), metavar="N",
+                 help="anneal --centroid-weight linearly to 0 at step N (default: constant)")
+  p.add_argument("--seed", type=int)
+  p.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
+                 help="the convolutions' compute precision: bfloat16 operands with float32 "
+                      "accumulation run on the CPU's bfloat16 units; parameters, optimizer "
+                      "state and checkpoints stay float32 (default: auto, bfloat16 on CPUs "
+                      "that multiply it in hardware; a --resume may change it)")
+  p.add_argument("--resume", action="store_true",
+                 help="continue from the latest checkpoint in --workdir (if any)")
+  p.add_argument("--init-from", metavar="CHECKPOINT",
+                 help="start from this checkpoint's parameters (e.g. another loss's best)")
+  p.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() first (multi-host)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  add_version_argument(p)
+  return p
+
+
+def main(argv=None, prog: str = "sepconv train") -> int:
+  parser = build_parser(prog)
+  args = parser.parse_args(argv)
+  if args.final_lr is not None and args.decay is None:
+    parser.error("--final-lr needs --decay START:END")
+  if args.workdir is None:
+    args.workdir = os.path.join("runs", f"{args.config}-{args.loss or 'l1'}".replace("+", "_"))
+  if args.data is not None and not os.path.isdir(args.data):
+    print(f"error: data directory {args.data} does not exist", file=sys.stderr)
+    return 1
+  if args.init_from is not None and not os.path.isdir(args.init_from):
+    print(f"error: --init-from {args.init_from} is not a checkpoint directory", file=sys.stderr)
+    return 1
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences TensorFlow's start-up notice
+  from sepconv_data import missing_training_packages  # pylint: disable=import-outside-toplevel
+  missing = missing_training_packages()
+  if missing is not None:
+    print(f"error: {missing}", file=sys.stderr)
+    return 1
+  import jax  # pylint: disable=import-outside-toplevel
+  from pallas_kernels.allocator import keep_freed_memory  # pylint: disable=import-outside-toplevel
+  keep_freed_memory()  # each step reuses the previous step's buffers
+  if args.distributed:
+    jax.distributed.initialize()
+  from sepconv_data.builder import CacheError  # pylint: disable=import-outside-toplevel
+  from sepconv_jax import configs, training  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.vgg import VGGWeightsError  # pylint: disable=import-outside-toplevel
+  try:
+    config = configs.get_config(args.config).with_overrides(
+        data_dir=args.data, loss=args.loss, nu=args.nu, vgg_weights=args.vgg_weights,
+        learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
+        min_scale=args.min_scale, warmup_steps=args.warmup_steps,
+        decay_start=args.decay and args.decay[0], decay_end=args.decay and args.decay[1],
+        final_learning_rate=args.final_lr,
+        epochs=args.epochs, steps=args.steps, steps_per_epoch=args.steps_per_epoch,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
+        log_every=args.log_every, seed=args.seed, validation_batches=args.validation_batches,
+        num_samples=args.samples, full_validation=args.full_validation,
+        full_validation_gap=args.full_validation_gap, centroid_weight=args.centroid_weight,
+        centroid_steps=args.centroid_steps,
+        precision=None if args.precision in (None, "auto") else args.precision)
+    if args.epochs is not None:  # --epochs given: the config's step count must not win
+      config = dataclasses.replace(config, steps=None)
+    result = training.train(config, args.workdir, resume=args.resume, init_from=args.init_from,
+                            progress=not args.no_progress)
+  except (ValueError, training.TrainingError, CacheError, VGGWeightsError) as error:
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("error: interrupted (the latest checkpoint is intact; continue with --resume)",
+          file=sys.stderr)
+    return 130
+  best = f", best validation at step {result.best_step}" if result.best_step is not None else ""
+  print(f"trained to step {result.step}; checkpoints in {result.workdir / 'checkpoints'}{best}")
+  return 0
