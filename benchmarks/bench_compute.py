@@ -64,10 +64,11 @@ from benchmarks.bench_model import (_frames, _timed_rounds, load_average,  # noq
                                     machine_description)
 from pallas_kernels import conv as conv_lib  # noqa: E402
 from pallas_kernels.allocator import keep_freed_memory  # noqa: E402
-from sepconv_jax import losses, training  # noqa: E402
-from sepconv_jax.configs import get_config  # noqa: E402
-from sepconv_jax.interpolator import Interpolator  # noqa: E402
-from sepconv_jax.model import ConvOptions, SepConvConfig, SepConvNet  # noqa: E402
+from sepconv_jax.training import losses  # noqa: E402
+from sepconv_jax.training import steps  # noqa: E402
+from sepconv_jax.training.configs import get_config  # noqa: E402
+from sepconv_jax.inference.interpolator import Interpolator  # noqa: E402
+from sepconv_jax.network.model import ConvOptions, SepConvConfig, SepConvNet  # noqa: E402
 
 YNNPACK_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 # name -> (how the convolutions run, XLA compiler options)
@@ -225,15 +226,15 @@ def measure_network(paths, repeats: int) -> dict[str, list]:
 
 def measure_train(paths, repeats: int) -> dict[str, list]:
   config = get_config("cpu")
-  graphdef, state = training.create_train_state(config)
+  graphdef, state = steps.create_train_state(config)
   keys = jax.random.split(jax.random.key(1), 3)
   shape = (config.batch_size, config.crop_size, config.crop_size, 3)
   batch = {name: jax.random.uniform(key, shape) for name, key in zip(("x0", "x1", "y"), keys)}
   states, fns = {}, {}
   for name, (options, compiler_options) in paths.items():
-    step = jax.jit(functools.partial(training.train_step, graphdef=graphdef,
+    step = jax.jit(functools.partial(steps.train_step, graphdef=graphdef,
                                      loss_fn=losses.get_loss(config.loss),
-                                     optimizer=training.make_optimizer(config), conv=options),
+                                     optimizer=steps.make_optimizer(config), conv=options),
                    donate_argnums=0, compiler_options=compiler_options)
     states[name] = jax.tree.map(jnp.copy, state)
 

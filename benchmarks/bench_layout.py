@@ -79,7 +79,7 @@ def bench_op(width: int, height: int, k: int, impl: str, repeats: int) -> None:
 
 
 def _local_separable_conv_bkhw(frame, vertical, horizontal):
-  """`sepconv_jax.model.local_separable_conv` as it was: kernel maps transposed to BKHW in XLA."""
+  """`sepconv_jax.network.model.local_separable_conv` as it was: kernel maps transposed to BKHW in XLA."""
   half = vertical.shape[-1] // 2
   image = jnp.transpose(frame, (0, 3, 1, 2))
   image = jnp.pad(image, ((0, 0), (0, 0), (half, half), (half, half)), mode="edge")
@@ -90,7 +90,7 @@ def _local_separable_conv_bkhw(frame, vertical, horizontal):
 
 def bench_model(width: int, height: int, repeats: int) -> None:
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from sepconv_jax import model as model_lib  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.network import model as model_lib  # pylint: disable=import-outside-toplevel
 
   padded_h, padded_w = (-(-s // 128) * 128 for s in (height, width))
   net = model_lib.SepConvNet(model_lib.SepConvConfig(), rngs=nnx.Rngs(0))

@@ -13,7 +13,7 @@ is run at 640x512 and 1280x720 at 1280x768, as the published reference pads), be
   network     the U-Net and the four subnets up to the four kernel maps (jitted in JAX).
   op          the two separable local convolutions (with their 25-pixel replicate padding) that
               turn the kernel maps and the frames into the output.
-The PyTorch network is `tests/torch_sepconv.py` (written from the published architecture, with
+The PyTorch network is `benchmarks/torch_sepconv.py` (written from the published architecture, with
 its state-dict keys); its op here is the straightforward loop over taps in its faster form: for
 each of the 51 vertical taps, the horizontal sum as 51 in-place multiply-adds (`addcmul_`), then
 one more multiply-add by the vertical weight (about 21 GFLOP/s on a 2-core Xeon, the fastest plain
@@ -24,7 +24,7 @@ cores of the reference machine, which XLA's CPU client uses too; 1 because on a 
 machine PyTorch's two OpenMP threads can wait on each other far longer than they gain (measured
 here: the op at 256x256 took 0.33 s on one thread and 0.8 to 15 s on two at load average 6). The
 ratio uses PyTorch's best setting. The JAX model is the PyTorch network's weights
-converted with `sepconv_jax.convert`, and the two outputs are compared, so both sides compute the
+converted with `sepconv_jax.network.convert`, and the two outputs are compared, so both sides compute the
 same function. The variants take turns within each repeat, so that they share the machine's load.
 
 Training (JAX): one `sepconv_jax.training.train_step` (L1 loss, AdaMax, the op's custom VJP),
@@ -53,9 +53,9 @@ if str(REPO_ROOT) not in sys.path:  # `python benchmarks/bench_model.py` from an
   sys.path.insert(0, str(REPO_ROOT))
 
 import pallas_kernels  # noqa: E402
-from sepconv_jax.interpolator import Interpolator  # noqa: E402
-from sepconv_jax.model import SepConvConfig, SepConvNet, local_separable_conv  # noqa: E402
-from sepconv_jax.padding import pad, plan_padding  # noqa: E402
+from sepconv_jax.inference.interpolator import Interpolator  # noqa: E402
+from sepconv_jax.network.model import SepConvConfig, SepConvNet, local_separable_conv  # noqa: E402
+from sepconv_jax.network.padding import pad, plan_padding  # noqa: E402
 
 KERNEL_SIZE = 51
 
@@ -134,7 +134,7 @@ class TorchModel:
 
   def __init__(self, op: str):
     import torch  # pylint: disable=import-outside-toplevel
-    from tests import torch_sepconv  # pylint: disable=import-outside-toplevel
+    from benchmarks import torch_sepconv  # pylint: disable=import-outside-toplevel
     self.torch = torch
     torch.manual_seed(0)
     self.net = torch_sepconv.TorchSepConvNet(KERNEL_SIZE).eval()
@@ -231,13 +231,14 @@ def bench_inference(width: int, height: int, *, torch_model: TorchModel | None,
 
 
 def bench_training(batch: int, repeats: int, size: int = 128) -> tuple[float, float]:
-  from sepconv_jax import losses, training  # pylint: disable=import-outside-toplevel
-  from sepconv_jax.configs import TrainConfig  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.training import losses  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.training import steps  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.training.configs import TrainConfig  # pylint: disable=import-outside-toplevel
   config = TrainConfig(model=SepConvConfig(), batch_size=batch, crop_size=size)
-  graphdef, state = training.create_train_state(config)
-  step = jax.jit(functools.partial(training.train_step, graphdef=graphdef,
+  graphdef, state = steps.create_train_state(config)
+  step = jax.jit(functools.partial(steps.train_step, graphdef=graphdef,
                                    loss_fn=losses.get_loss("l1"),
-                                   optimizer=training.make_optimizer(config)),
+                                   optimizer=steps.make_optimizer(config)),
                  donate_argnums=0)
   keys = jax.random.split(jax.random.PRNGKey(1), 3)
   example = {name: jax.random.uniform(key, (batch, size, size, 3))
@@ -294,7 +295,7 @@ def main(argv=None) -> int:
     except ImportError as error:
       print(f"PyTorch side skipped: {error} (pip install 'sepconv-jax[torch]')")
   if torch_model is not None:
-    from sepconv_jax.convert import convert_state_dict  # pylint: disable=import-outside-toplevel
+    from sepconv_jax.network.convert import convert_state_dict  # pylint: disable=import-outside-toplevel
     jax_model = convert_state_dict(torch_model.state_dict())
     print(f"torch {torch_model.torch.__version__}, threads {threads}, op {args.torch_op!r}")
   else:

@@ -44,22 +44,23 @@ def main() -> int:
   titles = json.loads(args.titles)
   results = {}
   if args.part == "network":
-    from sepconv_jax.model import SepConvConfig, SepConvNet  # pylint: disable=import-outside-toplevel
+    from sepconv_jax.network.model import SepConvConfig, SepConvNet  # pylint: disable=import-outside-toplevel
     graphdef, state = nnx.split(SepConvNet(SepConvConfig(), rngs=nnx.Rngs(0)))
     frames = [jnp.asarray(f[None], jnp.float32) / 255.0 for f in _frames(512, 640)]
     fn = jax.jit(lambda s, a, b: nnx.merge(graphdef, s).kernel_maps(a, b))
     results[titles[0]] = _time(lambda: jax.block_until_ready(fn(state, *frames)), args.repeats)
   elif args.part == "train":
-    from sepconv_jax import losses, training  # pylint: disable=import-outside-toplevel
-    from sepconv_jax.configs import get_config  # pylint: disable=import-outside-toplevel
+    from sepconv_jax.training import losses  # pylint: disable=import-outside-toplevel
+    from sepconv_jax.training import steps
+    from sepconv_jax.training.configs import get_config  # pylint: disable=import-outside-toplevel
     config = get_config("cpu")
-    graphdef, state = training.create_train_state(config)
+    graphdef, state = steps.create_train_state(config)
     keys = jax.random.split(jax.random.key(1), 3)
     shape = (config.batch_size, config.crop_size, config.crop_size, 3)
     batch = {name: jax.random.uniform(key, shape) for name, key in zip(("x0", "x1", "y"), keys)}
-    step = jax.jit(functools.partial(training.train_step, graphdef=graphdef,
+    step = jax.jit(functools.partial(steps.train_step, graphdef=graphdef,
                                      loss_fn=losses.get_loss(config.loss),
-                                     optimizer=training.make_optimizer(config)),
+                                     optimizer=steps.make_optimizer(config)),
                    donate_argnums=0)
     holder = [state]
 
@@ -68,7 +69,7 @@ def main() -> int:
       jax.block_until_ready((holder[0], metrics))
     results[titles[0]] = _time(run, args.repeats)
   else:
-    from sepconv_jax.interpolator import Interpolator  # pylint: disable=import-outside-toplevel
+    from sepconv_jax.inference.interpolator import Interpolator  # pylint: disable=import-outside-toplevel
     interpolator = Interpolator.default()
     for title, (width, height) in zip(titles, ((640, 480), (1280, 720))):
       first, second = _frames(height, width)

@@ -45,6 +45,8 @@ import numpy as np
 import tqdm
 
 from . import flow, sources
+from .cuts import (DEFAULT_BINS, DEFAULT_THRESHOLD, histogram_difference, histogram_distance,
+                   joint_histogram)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +55,8 @@ class ExtractConfig:
   patch_size: int = 150
   patches_tried: int = 30
   max_patches: int = 20
-  hist_bins: int = 8
-  cut_threshold: float = 0.2
+  hist_bins: int = DEFAULT_BINS
+  cut_threshold: float = DEFAULT_THRESHOLD
   flow_scale: float = 25.0
   min_flow: float = 0.0
   keep_floor: float = 0.0
@@ -132,28 +134,6 @@ class SequenceResult:
   patches: list[Patch]
   counts: Counts
   error: str | None = None
-
-
-def joint_histogram(frame: np.ndarray, bins: int) -> np.ndarray:
-  """Normalised joint RGB histogram, `bins`**3 values summing to 1 (bin of v: v * bins // 256)."""
-  if 256 % bins == 0:  # OpenCV's uniform 8-bit histogram: same bins, about 20x faster
-    counts = cv2.calcHist([np.ascontiguousarray(frame)], [0, 1, 2], None, [bins] * 3,
-                          [0, 256] * 3).ravel().astype(np.float64)  # exact counts
-  else:
-    q = (frame.astype(np.int32) * bins) >> 8
-    index = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
-    counts = np.bincount(index.ravel(), minlength=bins ** 3)
-  return counts / (frame.shape[0] * frame.shape[1])
-
-
-def histogram_distance(hist_a: np.ndarray, hist_b: np.ndarray) -> float:
-  """Total-variation distance in [0, 1] between two normalised histograms."""
-  return 0.5 * float(np.abs(hist_a - hist_b).sum())
-
-
-def histogram_difference(a: np.ndarray, b: np.ndarray, *, bins: int = 8) -> float:
-  """Total-variation distance in [0, 1] between two frames' joint RGB histograms."""
-  return histogram_distance(joint_histogram(a, bins), joint_histogram(b, bins))
 
 
 def is_cut(frame_a: np.ndarray, frame_b: np.ndarray, *, bins: int = 8,

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+from .files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, natural_key
+
 EVALUATION_ONLY = re.compile(r"^ucf101_interp", re.IGNORECASE)
 
 
@@ -75,14 +75,10 @@ def find_sequence(by_name: dict[str, Sequence], name: str) -> Sequence | None:
                                      int(match["stop"]) if match["stop"] else None)
 
 
-def _natural_key(name: str):
-  return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
 def _image_files(folder: pathlib.Path) -> list[str]:
   files = [entry for entry in os.scandir(folder)
            if entry.is_file() and pathlib.Path(entry.name).suffix.lower() in IMAGE_SUFFIXES]
-  return [entry.path for entry in sorted(files, key=lambda e: _natural_key(e.name))]
+  return [entry.path for entry in sorted(files, key=lambda e: natural_key(e.name))]
 
 
 def _video_frame_count(path: str) -> int:

@@ -83,7 +83,7 @@ def warn_fallback(what: str, reason: str, consequence: str) -> None:
     if what in _warned:
       return
     _warned.add(what)
-  warnings.warn(f"sepconv_jax: {what} unavailable ({reason}); {consequence}", RuntimeWarning,
+  warnings.warn(f"sepconv_jax: {what} is unavailable ({reason}); {consequence}", RuntimeWarning,
                 stacklevel=3)
 
 

@@ -2,8 +2,8 @@
 
 `Interpolator` runs a model on arrays (jit-compiled, any frame size). The network and its
 configuration (`SepConvNet`, `SepConvConfig`), the padding policies that make any frame size work
-(`sepconv_jax.padding`) and checkpoints with their metadata (`save_model`, `load_model`).
-Conventions (layout, value range, channel order, compute precision) are in `sepconv_jax.model`'s
+(`sepconv_jax.network.padding`) and checkpoints with their metadata (`save_model`, `load_model`).
+Conventions (layout, value range, channel order, compute precision) are in `sepconv_jax.network.model`'s
 docstring.
 """
 
@@ -15,31 +15,31 @@ from typing import TYPE_CHECKING
 # The public names and the module each lives in. They are imported on first use (PEP 562), so
 # that `import sepconv_jax` and the `sepconv` command's --help stay free of jax until needed.
 _EXPORTS = {
-    "CheckpointError": "sepconv_jax.checkpoint",
-    "load_model": "sepconv_jax.checkpoint",
-    "read_metadata": "sepconv_jax.checkpoint",
-    "save_model": "sepconv_jax.checkpoint",
-    "Interpolator": "sepconv_jax.interpolator",
-    "ConvOptions": "sepconv_jax.model",
-    "KernelMaps": "sepconv_jax.model",
-    "SepConvConfig": "sepconv_jax.model",
-    "SepConvNet": "sepconv_jax.model",
-    "count_parameters": "sepconv_jax.model",
-    "local_separable_conv": "sepconv_jax.model",
-    "POLICIES": "sepconv_jax.padding",
-    "PaddingPlan": "sepconv_jax.padding",
-    "crop": "sepconv_jax.padding",
-    "pad": "sepconv_jax.padding",
-    "plan_padding": "sepconv_jax.padding",
-    "run_padded": "sepconv_jax.padding",
+    "CheckpointError": "sepconv_jax.network.checkpoint",
+    "load_model": "sepconv_jax.network.checkpoint",
+    "read_metadata": "sepconv_jax.network.checkpoint",
+    "save_model": "sepconv_jax.network.checkpoint",
+    "Interpolator": "sepconv_jax.inference.interpolator",
+    "ConvOptions": "sepconv_jax.network.model",
+    "KernelMaps": "sepconv_jax.network.model",
+    "SepConvConfig": "sepconv_jax.network.model",
+    "SepConvNet": "sepconv_jax.network.model",
+    "count_parameters": "sepconv_jax.network.model",
+    "local_separable_conv": "sepconv_jax.network.model",
+    "POLICIES": "sepconv_jax.network.padding",
+    "PaddingPlan": "sepconv_jax.network.padding",
+    "crop": "sepconv_jax.network.padding",
+    "pad": "sepconv_jax.network.padding",
+    "plan_padding": "sepconv_jax.network.padding",
+    "run_padded": "sepconv_jax.network.padding",
 }
 
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
-  from sepconv_jax.checkpoint import CheckpointError, load_model, read_metadata, save_model
-  from sepconv_jax.interpolator import Interpolator
-  from sepconv_jax.model import (ConvOptions, KernelMaps, SepConvConfig, SepConvNet,
+  from sepconv_jax.network.checkpoint import CheckpointError, load_model, read_metadata, save_model
+  from sepconv_jax.inference.interpolator import Interpolator
+  from sepconv_jax.network.model import (ConvOptions, KernelMaps, SepConvConfig, SepConvNet,
                                  count_parameters, local_separable_conv)
-  from sepconv_jax.padding import POLICIES, PaddingPlan, crop, pad, plan_padding, run_padded
+  from sepconv_jax.network.padding import POLICIES, PaddingPlan, crop, pad, plan_padding, run_padded
 
 
 def __getattr__(name: str):

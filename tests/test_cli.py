@@ -23,11 +23,11 @@ import pytest
 from flax import nnx
 
 from sepconv_jax.commands import interpolate  # what `sepconv interpolate` and interpolate.py run
-from sepconv_jax import interpolator as interpolator_module, media, pipelines, scene  # noqa: E402
-from sepconv_jax import video  # noqa: E402
-from sepconv_jax.interpolator import Interpolator  # noqa: E402
-from sepconv_jax.model import SepConvConfig, SepConvNet  # noqa: E402
-from sepconv_jax.checkpoint import save_model  # noqa: E402
+from sepconv_jax.inference import interpolator as interpolator_module
+from sepconv_jax.inference import media, pipelines, scene, video
+from sepconv_jax.inference.interpolator import Interpolator
+from sepconv_jax.network.checkpoint import save_model
+from sepconv_jax.network.model import SepConvConfig, SepConvNet
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = (48, 64)  # (H, W) of the frames the tests make

@@ -1,7 +1,7 @@
 """The weight converter against an independent PyTorch SepConv with the published key names.
 
 The real `network-l1.pytorch` is not needed: a state dict with the same keys and shapes comes from
-`tests/torch_sepconv.py` (written from the published architecture, not from the Flax code), and
+`benchmarks/torch_sepconv.py` (written from the published architecture, not from the Flax code), and
 both networks must produce the same frames, full width and K = 51, through the padding policies.
 """
 
@@ -19,9 +19,10 @@ torch = pytest.importorskip("torch")
 
 from flax import nnx  # noqa: E402
 
-from sepconv_jax import checkpoint, convert, padding  # noqa: E402
-from sepconv_jax.model import ConvOptions  # noqa: E402
-from tests.torch_sepconv import TorchSepConvNet, estimate  # noqa: E402
+from sepconv_jax.commands import convert as convert_command  # noqa: E402
+from sepconv_jax.network import checkpoint, convert, padding  # noqa: E402
+from sepconv_jax.network.model import ConvOptions  # noqa: E402
+from benchmarks.torch_sepconv import TorchSepConvNet, estimate  # noqa: E402
 
 SUBNETS = ("moduleVertical1", "moduleVertical2", "moduleHorizontal1", "moduleHorizontal2")
 
@@ -55,7 +56,7 @@ def weights_file(torch_network, tmp_path_factory):
 @pytest.fixture(scope="module")
 def converted(weights_file, tmp_path_factory):
   out = tmp_path_factory.mktemp("converted") / "sepconv-l1"
-  assert convert.main([str(weights_file), str(out)]) == 0
+  assert convert_command.main([str(weights_file), str(out)]) == 0
   return checkpoint.load_model(out)
 
 
@@ -112,7 +113,7 @@ def test_newer_net_prefix_is_accepted(torch_network, converted):
 
 
 def _run_main(capsys, *args):
-  code = convert.main([str(a) for a in args])
+  code = convert_command.main([str(a) for a in args])
   captured = capsys.readouterr()
   return code, captured.err
 
@@ -162,8 +163,8 @@ def test_torch_missing(weights_file, tmp_path, capsys, monkeypatch):
 
 def test_command_line_error_has_no_traceback(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "sepconv_jax.convert", str(tmp_path / "missing.pytorch"),
+      [sys.executable, "-m", "sepconv_jax", "convert", str(tmp_path / "missing.pytorch"),
        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
-  lines = [line for line in result.stderr.splitlines() if "sepconv_jax.convert" in line]
+  lines = [line for line in result.stderr.splitlines() if "sepconv convert" in line]
   assert lines and "not found" in lines[0] and "Traceback" not in result.stderr, result.stderr

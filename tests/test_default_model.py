@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 import sepconv_jax
-from sepconv_jax import SepConvConfig, evaluation, media, read_metadata
-from sepconv_jax.interpolator import DEFAULT_MODEL_DIR, Interpolator
+from sepconv_jax import SepConvConfig, read_metadata
+from sepconv_jax.evaluation import scoring
+from sepconv_jax.inference import media
+from sepconv_jax.inference.interpolator import DEFAULT_MODEL_DIR, Interpolator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STREET = ROOT / "samples" / "street_0.png"
@@ -41,10 +43,10 @@ def test_the_default_model_follows_motion_that_averaging_ghosts(default_interpol
   image = media.read_image(STREET)
   crop = lambda offset: image[64:192, 160 + offset:288 + offset]
   first, middle, second = crop(0), crop(shift), crop(2 * shift)
-  average = evaluation.average_baseline(first, second)
+  average = scoring.average_baseline(first, second)
   prediction = default_interpolator(first, second)
   assert prediction.dtype == np.uint8 and prediction.shape == first.shape
-  assert evaluation.psnr(prediction, middle) > evaluation.psnr(average, middle) + 1.0
+  assert scoring.psnr(prediction, middle) > scoring.psnr(average, middle) + 1.0
 
 
 def test_readme_first_command_interpolates_the_shipped_pair(tmp_path):
@@ -67,5 +69,5 @@ def test_bfloat16_matches_float32_on_real_frames(default_interpolator):
   units) change the uint8 middle frame by far less than the model's own error."""
   first, second = (media.read_image(ROOT / "samples" / f"street_{i}.png") for i in (0, 1))
   outputs = {p: Interpolator.default(precision=p)(first, second) for p in ("float32", "bfloat16")}
-  assert evaluation.psnr(outputs["bfloat16"], outputs["float32"]) > 55.0  # 63.8 measured
+  assert scoring.psnr(outputs["bfloat16"], outputs["float32"]) > 55.0  # 63.8 measured
   assert np.abs(outputs["bfloat16"].astype(int) - outputs["float32"]).max() <= 4  # 2 measured

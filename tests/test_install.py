@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-from sepconv_jax import media
+from sepconv_jax.inference import media
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLES = REPO_ROOT / "samples"

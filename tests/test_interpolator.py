@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from sepconv_jax import SepConvConfig, SepConvNet, save_model
-from sepconv_jax.interpolator import Interpolator, TileSettings
+from sepconv_jax.inference.interpolator import Interpolator, TileSettings
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from skimage.metrics import structural_similarity
 
-from sepconv_jax import losses
-from sepconv_jax.vgg import TORCHVISION_CONV_INDICES, VGGWeightsError, load_vgg19_features
+from sepconv_jax.training import losses
+from sepconv_jax.training.vgg import TORCHVISION_CONV_INDICES, VGGWeightsError, load_vgg19_features
 
 
 def _batch(seed=0, shape=(2, 24, 20, 3)):
@@ -112,7 +112,7 @@ def test_vgg_loss_errors(tmp_path):
 
 
 def test_kernel_centroids_and_the_centroid_loss():
-  from sepconv_jax.model import KernelMaps  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.network.model import KernelMaps  # pylint: disable=import-outside-toplevel
   k = 7
   one_hot = lambda offset: jax.nn.one_hot(jnp.full((1, 2, 3), k // 2 + offset), k)
   np.testing.assert_allclose(losses.kernel_centroids(one_hot(2)), 2.0, atol=1e-5)

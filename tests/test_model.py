@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sepconv_jax import checkpoint, padding
-from sepconv_jax.model import (SepConvConfig, SepConvNet, count_parameters, local_separable_conv,
+from sepconv_jax.network import checkpoint
+from sepconv_jax.network import padding
+from sepconv_jax.network.model import (SepConvConfig, SepConvNet, count_parameters, local_separable_conv,
                                upsample2x_align_corners)
 
 TINY = SepConvConfig.tiny()  # K = 5
@@ -199,7 +200,7 @@ def test_checkpoint_narrow_storage_loads_as_float32(tmp_path, tiny_model, storag
 
 
 def test_export_keeps_metadata_and_halves_the_size(tmp_path):
-  from sepconv_jax import export  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.commands import export  # pylint: disable=import-outside-toplevel
   # Big enough (about 1.4M parameters) that the arrays, not per-file overheads, dominate the size.
   model = SepConvNet(SepConvConfig.scaled(0.25, kernel_size=5), rngs=nnx.Rngs(1))
   source = checkpoint.save_model(tmp_path / "source", model, info={"step": 12})
@@ -218,7 +219,7 @@ def test_export_keeps_metadata_and_halves_the_size(tmp_path):
 
 
 def test_export_errors_are_one_line(tmp_path, tiny_model, capsys):
-  from sepconv_jax import export  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.commands import export  # pylint: disable=import-outside-toplevel
   assert export.main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
   assert "error: no checkpoint directory" in capsys.readouterr().err
   source = checkpoint.save_model(tmp_path / "source", tiny_model)

@@ -76,6 +76,6 @@ def test_tiny_run_end_to_end(tmp_path):
 
 def test_config_choices_mirror_the_library():
   """train.py lists the config names itself (its --help must not import jax): keep them in step."""
-  from sepconv_jax import configs  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.training import configs  # pylint: disable=import-outside-toplevel
   from sepconv_jax.commands import train as script  # pylint: disable=import-outside-toplevel
   assert tuple(script.CONFIGS) == tuple(configs.CONFIGS)

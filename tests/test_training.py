@@ -16,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from sepconv_jax import configs, load_model, losses, metrics, training
-from sepconv_jax.model import SepConvConfig
+from sepconv_jax import load_model
+from sepconv_jax.network.model import SepConvConfig
+from sepconv_jax.training import configs, losses, loop, metrics, steps as steps_lib
 from tests import synthetic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -36,7 +38,7 @@ def tiny(data_dir, **overrides) -> configs.TrainConfig:
 
 def _params(path) -> list[np.ndarray]:
   model, _ = load_model(path)
-  return [np.asarray(x) for x in jax.tree.leaves(training.nnx.state(model))]
+  return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))]
 
 
 def test_configs():
@@ -98,12 +100,12 @@ def _fixed_batches(count=2, batch=4, size=32, seed=0):
 def test_loss_decreases_over_50_steps():
   config = configs.get_config("tiny").with_overrides(
       model=SepConvConfig.tiny(), learning_rate=3e-3)
-  mesh = training.make_mesh(jax.devices()[:1])
-  graphdef, state = training.create_train_state(config)
-  step = training.make_train_step(graphdef, losses.get_loss("l1"),
-                                  training.make_optimizer(config), mesh)
-  state = training.replicate(state, mesh)
-  batches = [training.shard_batch(b, mesh) for b in _fixed_batches()]
+  mesh = steps_lib.make_mesh(jax.devices()[:1])
+  graphdef, state = steps_lib.create_train_state(config)
+  step = steps_lib.make_train_step(graphdef, losses.get_loss("l1"),
+                                  steps_lib.make_optimizer(config), mesh)
+  state = steps_lib.replicate(state, mesh)
+  batches = [steps_lib.shard_batch(b, mesh) for b in _fixed_batches()]
   history = []
   for i in range(50):
     state, m = step(state, batches[i % len(batches)])
@@ -115,7 +117,7 @@ def test_loss_decreases_over_50_steps():
 
 @pytest.mark.parametrize("loss", ["l1", "l2", "ssim"])
 def test_train_runs_with_each_loss(data_dir, tmp_path, loss):
-  result = training.train(tiny(data_dir, loss=loss, steps=3, steps_per_epoch=3), tmp_path / "w",
+  result = loop.train(tiny(data_dir, loss=loss, steps=3, steps_per_epoch=3), tmp_path / "w",
                           progress=False)
   assert result.step == 3 and len(result.history) == 3
   assert all(np.isfinite([l for _, l in result.history]))
@@ -128,12 +130,12 @@ def test_train_runs_with_each_loss(data_dir, tmp_path, loss):
 
 def test_vgg_losses_need_weights(data_dir, tmp_path):
   with pytest.raises(ValueError, match="vgg-weights"):
-    training.train(tiny(data_dir, loss="l1+vgg", steps=1), tmp_path / "w", progress=False)
+    loop.train(tiny(data_dir, loss="l1+vgg", steps=1), tmp_path / "w", progress=False)
 
 
 def _random_vgg_npz(path):
   """Random weights with torchvision VGG-19's names and shapes: tests the loss path only."""
-  from sepconv_jax.vgg import TORCHVISION_CONV_INDICES
+  from sepconv_jax.training.vgg import TORCHVISION_CONV_INDICES
   rng = np.random.default_rng(0)
   channels = [3, 64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512]
   state = {}
@@ -147,7 +149,7 @@ def _random_vgg_npz(path):
 
 def test_vgg_loss_trains_with_local_weights(data_dir, tmp_path):
   weights = _random_vgg_npz(tmp_path / "vgg19.npz")
-  result = training.train(tiny(data_dir, loss="l1+vgg", nu=1e-3, vgg_weights=str(weights),
+  result = loop.train(tiny(data_dir, loss="l1+vgg", nu=1e-3, vgg_weights=str(weights),
                                steps=2, num_samples=0), tmp_path / "w", progress=False)
   assert result.step == 2 and all(np.isfinite([l for _, l in result.history]))
 
@@ -166,7 +168,7 @@ def _event_tags(directory) -> set[str]:
 def test_full_run_writes_checkpoints_samples_and_events(data_dir, tmp_path):
   workdir = tmp_path / "w"
   # 2 epochs of 4 steps, saves every 3 steps: 3, 4 (epoch), 6, 8 (epoch, last); keep 2 latest.
-  result = training.train(tiny(data_dir, epochs=2, steps_per_epoch=4, checkpoint_every=3),
+  result = loop.train(tiny(data_dir, epochs=2, steps_per_epoch=4, checkpoint_every=3),
                           workdir, progress=False)
   assert result.step == 8
   assert set(result.validation) == {4, 8}
@@ -180,21 +182,21 @@ def test_full_run_writes_checkpoints_samples_and_events(data_dir, tmp_path):
   assert {"train/loss", "train/step_time_s", "validation/psnr", "validation/ssim_gaussian",
           "samples/0"} <= _event_tags(workdir / "tensorboard")
   assert json.loads((workdir / "config.json").read_text())["steps_per_epoch"] == 4
-  with pytest.raises(training.TrainingError, match="--resume"):
-    training.train(tiny(data_dir, epochs=2, steps_per_epoch=4), workdir, progress=False)
+  with pytest.raises(steps_lib.TrainingError, match="--resume"):
+    loop.train(tiny(data_dir, epochs=2, steps_per_epoch=4), workdir, progress=False)
 
 
 def test_full_frame_validation_ranks_checkpoints(data_dir, tmp_path):
   config = tiny(data_dir, epochs=2, steps_per_epoch=2, checkpoint_every=2, num_samples=0,
                 full_validation=3, full_validation_gap=2)
-  result = training.train(config, tmp_path / "w", progress=False)
+  result = loop.train(config, tmp_path / "w", progress=False)
   scores = result.validation[4]
   # The synthetic sequences pan by a few pixels a frame: every pixel is in the smallest bucket.
   assert {"psnr", "full_psnr", "full_psnr_<4px"} <= set(scores)
   assert 10 < scores["full_psnr"] < 60
   best = max(result.validation, key=lambda s: result.validation[s]["full_psnr"])
   assert result.best_step == best
-  triplets = training._validation_frames(str(data_dir), 3, gap=2)
+  triplets = loop._validation_frames(str(data_dir), 3, gap=2)
   assert len(triplets) == 1 and triplets[0][0].shape == (64, 80, 3)  # one validation sequence
   with pytest.raises(ValueError, match="full_validation_gap"):
     config.with_overrides(full_validation_gap=0)
@@ -203,7 +205,7 @@ def test_full_frame_validation_ranks_checkpoints(data_dir, tmp_path):
 def test_flow_guided_training_adds_the_centroid_term(data_dir, tmp_path):
   config = tiny(data_dir, steps=3, steps_per_epoch=3, checkpoint_every=3, num_samples=0,
                 centroid_weight=0.05, centroid_steps=2)
-  result = training.train(config, tmp_path / "w", progress=False)
+  result = loop.train(config, tmp_path / "w", progress=False)
   assert result.step == 3 and all(np.isfinite(loss) for _, loss in result.history)
   assert "train/centroid_loss" in _event_tags(tmp_path / "w" / "tensorboard")
   with pytest.raises(ValueError, match="centroid"):
@@ -213,29 +215,29 @@ def test_flow_guided_training_adds_the_centroid_term(data_dir, tmp_path):
 def test_resume_is_bit_exact(data_dir, tmp_path):
   # With a warm-up spanning the resume point: the schedule's step count must be restored too.
   config = tiny(data_dir, steps_per_epoch=3, checkpoint_every=2, num_samples=0, warmup_steps=4)
-  straight = training.train(config.with_overrides(steps=5), tmp_path / "a", progress=False)
-  first = training.train(config.with_overrides(steps=3), tmp_path / "b", progress=False)
+  straight = loop.train(config.with_overrides(steps=5), tmp_path / "a", progress=False)
+  first = loop.train(config.with_overrides(steps=3), tmp_path / "b", progress=False)
   assert first.step == 3
-  resumed = training.train(config.with_overrides(steps=5), tmp_path / "b", resume=True,
+  resumed = loop.train(config.with_overrides(steps=5), tmp_path / "b", resume=True,
                            progress=False)
   assert resumed.step == 5 and [s for s, _ in resumed.history] == [4, 5]
   assert resumed.history == straight.history[3:]
   for a, b in zip(_params(straight.checkpoint()), _params(resumed.checkpoint()), strict=True):
     np.testing.assert_array_equal(a, b)
-  with pytest.raises(training.TrainingError, match="different configuration"):
-    training.train(config.with_overrides(steps=6, crop_size=64), tmp_path / "b",
+  with pytest.raises(steps_lib.TrainingError, match="different configuration"):
+    loop.train(config.with_overrides(steps=6, crop_size=64), tmp_path / "b",
                    resume=True, progress=False)
   # The schedule may change only where it has not been used yet: a decay is added at step 5 ...
-  with pytest.raises(training.TrainingError, match="differs .* at step 1"):  # step 0's rate: 0
-    training.train(config.with_overrides(steps=7, learning_rate=1e-4), tmp_path / "b",
+  with pytest.raises(steps_lib.TrainingError, match="differs .* at step 1"):  # step 0's rate: 0
+    loop.train(config.with_overrides(steps=7, learning_rate=1e-4), tmp_path / "b",
                    resume=True, progress=False)
-  decayed = training.train(config.with_overrides(steps=7, decay_start=5, decay_end=7),
+  decayed = loop.train(config.with_overrides(steps=7, decay_start=5, decay_end=7),
                            tmp_path / "b", resume=True, progress=False)
   assert decayed.step == 7
   assert json.loads((tmp_path / "b" / "config.json").read_text())["decay_end"] == 7
   # ... and then cannot be stretched, as steps 5 and 6 already ran on it.
-  with pytest.raises(training.TrainingError, match="differs .* at step 6"):
-    training.train(config.with_overrides(steps=9, decay_start=5, decay_end=9), tmp_path / "b",
+  with pytest.raises(steps_lib.TrainingError, match="differs .* at step 6"):
+    loop.train(config.with_overrides(steps=9, decay_start=5, decay_end=9), tmp_path / "b",
                    resume=True, progress=False)
 
 
@@ -243,7 +245,7 @@ def test_precision_is_recorded_and_may_change_on_resume(data_dir, tmp_path):
   config = tiny(data_dir, steps_per_epoch=2, checkpoint_every=2, num_samples=0)
   results = {}
   for precision in ("float32", "bfloat16"):
-    results[precision] = training.train(config.with_overrides(steps=2, precision=precision),
+    results[precision] = loop.train(config.with_overrides(steps=2, precision=precision),
                                         tmp_path / precision, progress=False)
     stored = json.loads((tmp_path / precision / "config.json").read_text())
     assert stored["precision"] == precision
@@ -251,7 +253,7 @@ def test_precision_is_recorded_and_may_change_on_resume(data_dir, tmp_path):
   losses_f32, losses_bf16 = (np.array([loss for _, loss in r.history]) for r in results.values())
   np.testing.assert_allclose(losses_bf16, losses_f32, rtol=2e-2)
   # The default is resolved and recorded; a resume may switch precision.
-  resumed = training.train(config.with_overrides(steps=4), tmp_path / "float32", resume=True,
+  resumed = loop.train(config.with_overrides(steps=4), tmp_path / "float32", resume=True,
                            progress=False)
   assert resumed.step == 4
   assert json.loads((tmp_path / "float32" / "config.json").read_text())["precision"] in (
@@ -259,9 +261,9 @@ def test_precision_is_recorded_and_may_change_on_resume(data_dir, tmp_path):
 
 
 def test_learning_rate_schedule():
-  assert training.learning_rate_schedule(1e-3) == 1e-3
-  warm = training.learning_rate_schedule(1e-3, warmup_steps=4)
-  decayed = training.learning_rate_schedule(1e-3, warmup_steps=4, decay_start=10, decay_end=20,
+  assert steps_lib.learning_rate_schedule(1e-3) == 1e-3
+  warm = steps_lib.learning_rate_schedule(1e-3, warmup_steps=4)
+  decayed = steps_lib.learning_rate_schedule(1e-3, warmup_steps=4, decay_start=10, decay_end=20,
                                             final_learning_rate=1e-4)
   steps = jnp.array([0, 2, 4, 9, 10, 15, 20, 30])
   np.testing.assert_allclose(warm(steps), [0, 5e-4] + [1e-3] * 6, rtol=1e-6)
@@ -277,16 +279,16 @@ def test_learning_rate_schedule():
 
 
 def test_init_from_with_another_loss(data_dir, tmp_path):
-  base = training.train(tiny(data_dir, steps=2, num_samples=0), tmp_path / "l1", progress=False)
-  tuned = training.train(tiny(data_dir, loss="ssim", steps=2, num_samples=0), tmp_path / "ssim",
+  base = loop.train(tiny(data_dir, steps=2, num_samples=0), tmp_path / "l1", progress=False)
+  tuned = loop.train(tiny(data_dir, loss="ssim", steps=2, num_samples=0), tmp_path / "ssim",
                          init_from=base.checkpoint(), progress=False)
   assert tuned.step == 2 and load_model(tuned.checkpoint())[1]["info"]["loss"] == "ssim"
-  with pytest.raises(training.TrainingError, match="constant learning rate and a schedule"):
-    training.train(tiny(data_dir, steps=4, num_samples=0, decay_start=2, decay_end=4),
+  with pytest.raises(steps_lib.TrainingError, match="constant learning rate and a schedule"):
+    loop.train(tiny(data_dir, steps=4, num_samples=0, decay_start=2, decay_end=4),
                    tmp_path / "l1", resume=True, progress=False)
   other = tiny(data_dir, steps=1, model=SepConvConfig.tiny(kernel_size=3))
-  with pytest.raises(training.TrainingError, match="different network"):
-    training.train(other, tmp_path / "x", init_from=base.checkpoint(), progress=False)
+  with pytest.raises(steps_lib.TrainingError, match="different network"):
+    loop.train(other, tmp_path / "x", init_from=base.checkpoint(), progress=False)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
@@ -294,12 +296,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
   config = tiny(data_dir, steps=6, checkpoint_every=2, num_samples=0, log_every=1,
                 steps_per_epoch=100)
   workdir = tmp_path / "w"
-  training.train(config.with_overrides(steps=2), workdir, progress=False)
-  monkeypatch.setattr(training.losses, "get_loss",
+  loop.train(config.with_overrides(steps=2), workdir, progress=False)
+  monkeypatch.setattr(losses, "get_loss",
                       lambda name, **kw: lambda batch, p: real(name, **kw)(batch, p) * jnp.nan)
-  with pytest.raises(training.NonFiniteLossError, match=r"step 3.*checkpoints/2"):
-    training.train(config, workdir, resume=True, progress=False)
-  manager = training.checkpoint_manager(workdir / "checkpoints", read_only=True)
+  with pytest.raises(steps_lib.NonFiniteLossError, match=r"step 3.*checkpoints/2"):
+    loop.train(config, workdir, resume=True, progress=False)
+  manager = loop.checkpoint_manager(workdir / "checkpoints", read_only=True)
   assert manager.latest_step() == 2
   manager.close()
   assert all(np.isfinite(a).all() for a in _params(workdir / "checkpoints" / "2"))
@@ -307,11 +309,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
 
 KILL_SCRIPT = """
 import sys
-from sepconv_jax import configs, training
+from sepconv_jax.training import configs
+from sepconv_jax.training import loop, steps as steps_lib
 config = configs.get_config("tiny").with_overrides(
     data_dir=sys.argv[1], steps=100000, checkpoint_every=1, keep_checkpoints=2, num_samples=0,
     steps_per_epoch=100000)
-training.train(config, sys.argv[2], resume=True, progress=False)
+loop.train(config, sys.argv[2], resume=True, progress=False)
 """
 
 
@@ -341,13 +344,13 @@ def test_sigkill_never_leaves_an_unrestorable_checkpoint(data_dir, tmp_path):
     finally:
       process.send_signal(signal.SIGKILL)
       process.wait()
-    manager = training.checkpoint_manager(workdir / "checkpoints")
+    manager = loop.checkpoint_manager(workdir / "checkpoints")
     latest = manager.latest_step()
     assert latest is not None
     manager.close()
     assert _params(workdir / "checkpoints" / str(latest))
   # And training continues from what is there.
-  result = training.train(tiny(data_dir, steps=latest + 1, checkpoint_every=1, keep_checkpoints=2,
+  result = loop.train(tiny(data_dir, steps=latest + 1, checkpoint_every=1, keep_checkpoints=2,
                                num_samples=0, steps_per_epoch=100000),
                           workdir, resume=True, progress=False)
   assert result.step == latest + 1
@@ -356,8 +359,10 @@ def test_sigkill_never_leaves_an_unrestorable_checkpoint(data_dir, tmp_path):
 MULTI_DEVICE_SCRIPT = """
 import os, sys
 import jax, numpy as np
-from sepconv_jax import configs, losses, training
-from sepconv_jax.model import SepConvConfig
+from sepconv_jax.training import configs
+from sepconv_jax.training import losses
+from sepconv_jax.training import loop, steps as steps_lib
+from sepconv_jax.network.model import SepConvConfig
 assert jax.device_count() == 4, jax.devices()
 sys.path.insert(0, "tests")
 config = configs.get_config("tiny").with_overrides(model=SepConvConfig.tiny())
@@ -365,16 +370,16 @@ batch = np.load(sys.argv[1])
 batch = {k: batch[k] for k in ("x0", "x1", "y")}
 results = {}
 for n in (1, 4):
-  mesh = training.make_mesh(jax.devices()[:n])
-  graphdef, state = training.create_train_state(config)
-  step = training.make_train_step(graphdef, losses.get_loss("l1"), training.make_optimizer(config),
+  mesh = steps_lib.make_mesh(jax.devices()[:n])
+  graphdef, state = steps_lib.create_train_state(config)
+  step = steps_lib.make_train_step(graphdef, losses.get_loss("l1"), steps_lib.make_optimizer(config),
                                   mesh)
-  state, m = step(training.replicate(state, mesh), training.shard_batch(batch, mesh))
+  state, m = step(steps_lib.replicate(state, mesh), steps_lib.shard_batch(batch, mesh))
   assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == n
   results[n] = (float(m["loss"]), [np.asarray(x) for x in jax.tree.leaves(state.params)])
-  eval_step = training.make_eval_step(graphdef, mesh)
+  eval_step = steps_lib.make_eval_step(graphdef, mesh)
   masked = {**batch, "mask": np.ones(4, np.float32)}
-  sums = eval_step(state.params, training.shard_batch(masked, mesh))
+  sums = eval_step(state.params, steps_lib.shard_batch(masked, mesh))
   results[n] += (float(sums["psnr"]),)
 (l1, p1, e1), (l4, p4, e4) = results[1], results[4]
 np.testing.assert_allclose(l4, l1, rtol=1e-5)
@@ -402,10 +407,10 @@ def test_adamax_warm_up_ramps_the_step_size():
   of its gradient); with it, step k moves by k/warmup of it, up to the full rate."""
   params = {"w": jnp.zeros(4)}
   grads = {"w": jnp.array([1e-9, -2.0, 3.0, -4e3])}
-  plain = training.adamax(1e-3, 0.9, 0.999, 1e-12)
+  plain = steps_lib.adamax(1e-3, 0.9, 0.999, 1e-12)
   updates, _ = plain.update(grads, plain.init(params), params)
   np.testing.assert_allclose(updates["w"], -1e-3 * np.sign(grads["w"]), rtol=1e-3)
-  ramped = training.adamax(1e-3, 0.9, 0.999, 1e-12, warmup_steps=10)
+  ramped = steps_lib.adamax(1e-3, 0.9, 0.999, 1e-12, warmup_steps=10)
   state = ramped.init(params)
   sizes = []
   for _ in range(12):

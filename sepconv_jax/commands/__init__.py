@@ -2,9 +2,9 @@
 
   sepconv interpolate --pair a.png b.png --out mid.png    sepconv_jax.commands.interpolate
   sepconv train --data DIR --workdir DIR                  sepconv_jax.commands.train
-  sepconv benchmark --dataset ucf101 --root DIR           sepconv_jax.benchmark
-  sepconv convert network-l1.pytorch ckpt/                sepconv_jax.convert
-  sepconv export runs/x/checkpoints/STEP model/           sepconv_jax.export
+  sepconv benchmark --dataset ucf101 --root DIR           sepconv_jax.commands.benchmark
+  sepconv convert network-l1.pytorch ckpt/                sepconv_jax.network.convert
+  sepconv export runs/x/checkpoints/STEP model/           sepconv_jax.network.export
   sepconv prepare --source DIR --out DIR                  sepconv_data.prepare
 
 Each subcommand module has `main(argv, prog) -> exit status` and answers `--help` and `--version`.
@@ -29,13 +29,13 @@ EXIT_INTERRUPTED = 130
 SUBCOMMANDS = {
     "interpolate": ("sepconv_jax.commands.interpolate",
                     "the frames between two images, in a frame folder or in a video"),
-    "benchmark": ("sepconv_jax.benchmark",
+    "benchmark": ("sepconv_jax.commands.benchmark",
                   "quality (PSNR, SSIM) on UCF101, Middlebury, DAVIS or a video"),
     "prepare": ("sepconv_data.prepare",
                 "build the training-patch cache from DAVIS-style folders and videos"),
     "train": ("sepconv_jax.commands.train", "train a model on a prepared cache"),
-    "export": ("sepconv_jax.export", "a checkpoint as a compact model (float16 parameters)"),
-    "convert": ("sepconv_jax.convert", "published PyTorch SepConv weights as a checkpoint"),
+    "export": ("sepconv_jax.commands.export", "a checkpoint as a compact model (float16 parameters)"),
+    "convert": ("sepconv_jax.commands.convert", "published PyTorch SepConv weights as a checkpoint"),
 }
 
 
@@ -49,6 +49,39 @@ def version() -> str:
 
 def add_version_argument(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+  """Usage errors as one `PROG: error: ... (see --help)` line and exit status 2, no usage block."""
+
+  def error(self, message):
+    self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive(kind: type = int):
+  """argparse type: a `kind` number above 0."""
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
+    if value <= 0:
+      raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+  return parse
+
+
+def at_least(minimum: int):
+  """argparse type: an integer of at least `minimum`."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+    return value
+  return parse
 
 
 def _usage() -> str:

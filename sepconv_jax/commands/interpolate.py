@@ -4,8 +4,8 @@
   sepconv interpolate --frames frames/ --out frames_x2/
   sepconv interpolate --video clip.mp4 --out clip_2x.mp4 [--factor 2|4|8]
 
-Only parses arguments: the work is in `sepconv_jax.pipelines`, `sepconv_jax.media` (images),
-`sepconv_jax.video` (PyAV) and `sepconv_jax.scene` (scene cuts).
+Only parses arguments: the work is in `sepconv_jax.inference.pipelines`, `sepconv_jax.inference.media` (images),
+`sepconv_jax.inference.video` (PyAV) and `sepconv_jax.inference.scene` (scene cuts).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import argparse
 import os
 import sys
 
-from sepconv_jax.commands import add_version_argument
+from sepconv_jax.commands import OneLineParser, add_version_argument, at_least
 
-# Mirrors sepconv_jax.interpolator.FACTORS and sepconv_jax.scene.DEFAULT_THRESHOLD, so that --help
+# Mirrors sepconv_jax.inference.interpolator.FACTORS and sepconv_jax.inference.scene.DEFAULT_THRESHOLD, so that --help
 # and usage errors answer at once, before jax is imported.
 FACTORS = (2, 4, 8)
 DEFAULT_SCENE_THRESHOLD = 0.2
@@ -55,17 +55,8 @@ def _threshold(text: str) -> float:
   return value
 
 
-def _positive(minimum: int):
-  def parse(text: str) -> int:
-    value = int(text)
-    if value < minimum:
-      raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
-    return value
-  return parse
-
-
 def build_parser(prog: str = "sepconv interpolate") -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = OneLineParser(
       prog=prog,
       description="SepConv video frame interpolation: the frames between two images, a frame\n"
                   "sequence, or a video at 2x, 4x or 8x its frame rate.",
@@ -77,7 +68,7 @@ def build_parser(prog: str = "sepconv interpolate") -> argparse.ArgumentParser:
   source.add_argument("--video", metavar="FILE", help="a video file")
   parser.add_argument("--out", required=True, help="output image, folder or video (see below)")
   parser.add_argument("--model", metavar="CHECKPOINT",
-                      help="checkpoint directory (sepconv_jax.save_model or sepconv_jax.convert); "
+                      help="checkpoint directory (sepconv_jax.save_model or sepconv_jax.network.convert); "
                            "default: the project's default model")
   parser.add_argument("--factor", type=int, choices=FACTORS, default=2,
                       help="frame-rate multiplier (default: 2)")
@@ -92,12 +83,12 @@ def build_parser(prog: str = "sepconv interpolate") -> argparse.ArgumentParser:
   parser.add_argument("--scene-threshold", type=_threshold, default=DEFAULT_SCENE_THRESHOLD,
                       metavar="T", help="histogram distance above which two frames are a scene "
                                         f"cut (default: {DEFAULT_SCENE_THRESHOLD}; 1 disables)")
-  parser.add_argument("--max-untiled-pixels", type=_positive(0), metavar="N",
+  parser.add_argument("--max-untiled-pixels", type=at_least(0), metavar="N",
                       help="frames with more pixels are interpolated in overlapping tiles "
                            "(default: 1280*736)")
-  parser.add_argument("--tile-size", type=_positive(32), metavar="PX",
+  parser.add_argument("--tile-size", type=at_least(32), metavar="PX",
                       help="edge of a square tile for large frames (default: 512)")
-  parser.add_argument("--batch-size", type=_positive(1), metavar="B",
+  parser.add_argument("--batch-size", type=at_least(1), metavar="B",
                       help="frame pairs per network call for --frames/--video (default: as many "
                            "as fit one 1280x720 frame's pixels, at most 8)")
   parser.add_argument("--overwrite", action="store_true",
@@ -111,7 +102,7 @@ def main(argv: list[str] | None = None, prog: str = "sepconv interpolate") -> in
   # Keep stderr to our own lines should any dependency pull in TensorFlow (as conftest.py does).
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
-    from sepconv_jax import pipelines  # imports jax: only once the arguments are known to be good
+    from sepconv_jax.inference import pipelines  # imports jax: only once the arguments are known to be good
   except KeyboardInterrupt:  # Ctrl-C during the imports: nothing has been written yet
     print("error: interrupted", file=sys.stderr)
     return 130

@@ -9,7 +9,7 @@
 --data defaults to datasets/davis_tfds, where `sepconv prepare` writes the cache. Training needs
 the `train` extra (TensorFlow, tensorflow-datasets): `pip install "sepconv-jax[train]"`.
 
-Configs (`sepconv_jax.configs`): default (batch 16, 128x128 crops, AdaMax lr 1e-3, L1),
+Configs (`sepconv_jax.training.configs`): default (batch 16, 128x128 crops, AdaMax lr 1e-3, L1),
 frame_average (start at frame averaging, lr 2e-4), cpu (the shipped model's recipe) and tiny
 (tests, laptops); flags override single fields. The work directory receives checkpoints/<step>/
 (each loadable with `sepconv_jax.load_model`), tensorboard/ event files, samples/<step>/ images
@@ -18,7 +18,7 @@ and config.json.
 Several hosts: start the same command on every host with --distributed (coordinator address,
 process count and index from the environment, as `jax.distributed.initialize()` reads them).
 
-Only parses arguments: the work is in `sepconv_jax.training`. Problems with flags, data or the
+Only parses arguments: the work is in `sepconv_jax.training.loop`. Problems with flags, data or the
 work directory print one `error:` line and exit non-zero (2 for usage, 1 otherwise).
 """
 
@@ -29,28 +29,10 @@ import dataclasses
 import os
 import sys
 
-from sepconv_jax.commands import add_version_argument
+from sepconv_jax.commands import OneLineParser, add_version_argument, positive
 
-CONFIGS = ("default", "frame_average", "cpu", "tiny")  # mirrors sepconv_jax.configs.CONFIGS
-LOSSES = ("l1", "l2", "ssim", "vgg", "l1+vgg")  # mirrors sepconv_jax.losses.LOSSES
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, no usage block
-    self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive(kind):
-  def parse(text):
-    try:
-      value = kind(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
-    if value <= 0:
-      raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-  return parse
+CONFIGS = ("default", "frame_average", "cpu", "tiny")  # mirrors sepconv_jax.training.configs.CONFIGS
+LOSSES = ("l1", "l2", "ssim", "vgg", "l1+vgg")  # mirrors sepconv_jax.training.losses.LOSSES
 
 
 def _decay_range(text: str) -> tuple[int, int]:
@@ -64,7 +46,7 @@ def _decay_range(text: str) -> tuple[int, int]:
 
 
 def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
-  p = _Parser(prog=prog, description=__doc__.split("\n\n")[0],
+  p = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0],
               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", choices=CONFIGS, default="default",
                  help="base configuration (default: %(default)s)")
@@ -76,7 +58,7 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
   p.add_argument("--nu", type=float, help="weight of the VGG term of l1+vgg (default 1e-5)")
   p.add_argument("--vgg-weights", metavar="FILE",
                  help="local ImageNet VGG-19 weights (.pth or .npz) for the vgg losses")
-  p.add_argument("--lr", type=_positive(float), help="AdaMax learning rate")
+  p.add_argument("--lr", type=positive(float), help="AdaMax learning rate")
   p.add_argument("--warmup-steps", type=int, metavar="N",
                  help="ramp the learning rate up linearly over the first N steps")
   p.add_argument("--decay", type=_decay_range, metavar="START:END",
@@ -84,30 +66,30 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
                       "(may be added when resuming, if START is still ahead)")
   p.add_argument("--final-lr", type=float, metavar="LR",
                  help="learning rate at the end of --decay (default 1e-5)")
-  p.add_argument("--batch-size", type=_positive(int), help="global batch size")
-  p.add_argument("--crop-size", type=_positive(int), help="training crop side (multiple of 32)")
+  p.add_argument("--batch-size", type=positive(int), help="global batch size")
+  p.add_argument("--crop-size", type=positive(int), help="training crop side (multiple of 32)")
   p.add_argument("--min-scale", type=float, metavar="S",
                  help="downscale training patches by a random factor in [S, 1] first (S in (0, 1])")
   length = p.add_mutually_exclusive_group()
-  length.add_argument("--epochs", type=_positive(int))
-  length.add_argument("--steps", type=_positive(int), help="total steps (instead of --epochs)")
-  p.add_argument("--steps-per-epoch", type=_positive(int),
+  length.add_argument("--epochs", type=positive(int))
+  length.add_argument("--steps", type=positive(int), help="total steps (instead of --epochs)")
+  p.add_argument("--steps-per-epoch", type=positive(int),
                  help="default: training examples // batch size")
-  p.add_argument("--checkpoint-every", type=_positive(int), help="steps between checkpoints")
-  p.add_argument("--keep", type=_positive(int), help="latest checkpoints to keep (and the best)")
-  p.add_argument("--log-every", type=_positive(int))
-  p.add_argument("--validation-batches", type=_positive(int),
+  p.add_argument("--checkpoint-every", type=positive(int), help="steps between checkpoints")
+  p.add_argument("--keep", type=positive(int), help="latest checkpoints to keep (and the best)")
+  p.add_argument("--log-every", type=positive(int))
+  p.add_argument("--validation-batches", type=positive(int),
                  help="validate on at most this many batches (default: the whole split)")
   p.add_argument("--samples", type=int, help="full frames interpolated per validation")
   p.add_argument("--full-validation", type=int, metavar="N",
                  help="also score N full-frame held-out triplets at each validation, overall and "
                       "by motion (<4px, 4-16px, >16px), and rank checkpoints by them (0: off)")
-  p.add_argument("--full-validation-gap", type=_positive(int), metavar="G",
+  p.add_argument("--full-validation-gap", type=positive(int), metavar="G",
                  help="those triplets are frames (n-G, n, n+G) (default 1; 2 doubles the motion)")
   p.add_argument("--centroid-weight", type=float, metavar="W",
                  help="flow-guided kernels: add W x the distance of each kernel's centroid from "
                       "the optical flow to the true middle frame (pixels; 0: off)")
-  p.add_argument("--centroid-steps", type=_positive(int), metavar="N",
+  p.add_argument("--centroid-steps", type=positive(int), metavar="N",
                  help="anneal --centroid-weight linearly to 0 at step N (default: constant)")
   p.add_argument("--seed", type=int)
   p.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
@@ -146,14 +128,9 @@ def main(argv=None, prog: str = "sepconv train") -> int:
   if missing is not None:
     print(f"error: {missing}", file=sys.stderr)
     return 1
-  import jax  # pylint: disable=import-outside-toplevel
   from pallas_kernels.allocator import keep_freed_memory  # pylint: disable=import-outside-toplevel
   keep_freed_memory()  # each step reuses the previous step's buffers
-  if args.distributed:
-    jax.distributed.initialize()
-  from sepconv_data.builder import CacheError  # pylint: disable=import-outside-toplevel
-  from sepconv_jax import configs, training  # pylint: disable=import-outside-toplevel
-  from sepconv_jax.vgg import VGGWeightsError  # pylint: disable=import-outside-toplevel
+  from sepconv_jax.training import configs, loop  # pylint: disable=import-outside-toplevel
   try:
     config = configs.get_config(args.config).with_overrides(
         data_dir=args.data, loss=args.loss, nu=args.nu, vgg_weights=args.vgg_weights,
@@ -170,9 +147,9 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         precision=None if args.precision in (None, "auto") else args.precision)
     if args.epochs is not None:  # --epochs given: the config's step count must not win
       config = dataclasses.replace(config, steps=None)
-    result = training.train(config, args.workdir, resume=args.resume, init_from=args.init_from,
-                            progress=not args.no_progress)
-  except (ValueError, training.TrainingError, CacheError, VGGWeightsError) as error:
+    result = loop.train(config, args.workdir, resume=args.resume, init_from=args.init_from,
+                        progress=not args.no_progress, distributed=args.distributed)
+  except (ValueError, loop.TrainingError) as error:  # bad data (CacheError) and VGG files too
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import re
 import shutil
 import tempfile
 from typing import Iterator, Sequence
@@ -34,8 +33,10 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-# Extensions read as frames in a folder (what OpenCV's bundled codecs decode), and written.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from sepconv_data.files import IMAGE_SUFFIXES, natural_key
+
+# IMAGE_SUFFIXES (from sepconv_data.files): the extensions read as frames of a folder (what
+# OpenCV's bundled codecs decode), and written.
 JPEG_QUALITY = 95
 
 
@@ -255,11 +256,6 @@ def write_image(image: np.ndarray, path: str | os.PathLike) -> None:
   write_images([image], [path])
 
 
-def _natural_key(name: str) -> list:
-  # "frame2.png" before "frame10.png".
-  return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
 def list_images(directory: str | os.PathLike) -> list[pathlib.Path]:
   """The image files of `directory` (by extension, hidden files skipped), in natural order."""
   directory = pathlib.Path(directory)
@@ -272,4 +268,4 @@ def list_images(directory: str | os.PathLike) -> list[pathlib.Path]:
   files = [entry for entry in entries
            if entry.suffix.lower() in IMAGE_SUFFIXES and not entry.name.startswith(".")
            and entry.is_file()]
-  return sorted(files, key=lambda entry: _natural_key(entry.name))
+  return sorted(files, key=lambda entry: natural_key(entry.name))

@@ -1,8 +1,8 @@
 """An independent PyTorch SepConv, written from the published architecture (not from the Flax code).
 
-It is the test oracle for the weight converter: its `state_dict()` has the published key names and
-shapes (`moduleConv1.0.weight`, ..., `moduleHorizontal2.7.bias`), so a converted copy of it must
-produce the same frames as this network. CPU only; the separable local convolution is the plainest
+The test oracle for the weight converter and the speed benchmarks' PyTorch baseline: its
+`state_dict()` has the published key names and shapes (`moduleConv1.0.weight`, ...,
+`moduleHorizontal2.7.bias`), so a converted copy of it must produce the same frames as this network. CPU only; the separable local convolution is the plainest
 loop over taps, and the padding policies follow the published `estimate()` step by step.
 
 Layout NCHW, frames in [0, 1].

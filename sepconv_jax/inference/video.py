@@ -4,7 +4,7 @@ Conventions
   Frames      (H, W, 3) uint8 RGB, decoded one at a time (a video is never held in memory).
   Time        Every frame carries its presentation timestamp (PTS) as an integer in its stream's
               time base. The writer takes PTS in a time base given up front, so that a caller can
-              place frames exactly (`sepconv_jax.pipelines` uses one output frame as the unit).
+              place frames exactly (`sepconv_jax.inference.pipelines` uses one output frame as the unit).
   Colour      YUV -> RGB with the input's colour matrix and range (BT.601 when untagged, as
               FFmpeg assumes), and back to YUV with the same matrix; the output is tagged with
               the input's matrix, range, primaries and transfer, so colours survive the round trip.
@@ -32,9 +32,11 @@ from typing import Callable, Iterator
 import av
 import numpy as np
 
-from sepconv_jax.media import MediaError
+from sepconv_jax.inference.media import MediaError
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
+# The containers written (H.264 in MP4/QuickTime/Matroska); any of sepconv_data.files's
+# VIDEO_SUFFIXES is read.
+WRITABLE_VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
 H264_CRF = 18
 H264_PRESET = "medium"
 MPEG4_QSCALE = 2  # 1 (best) .. 31; only when libx264 is missing from the FFmpeg build
@@ -167,9 +169,9 @@ class VideoReader:
 
 def check_video_suffix(path: str | os.PathLike) -> None:
   suffix = pathlib.Path(path).suffix.lower()
-  if suffix not in VIDEO_SUFFIXES:
+  if suffix not in WRITABLE_VIDEO_SUFFIXES:
     raise MediaError(f"{os.fspath(path)}: unsupported video extension {suffix or '(none)'!r} "
-                     f"(use one of {', '.join(VIDEO_SUFFIXES)})")
+                     f"(use one of {', '.join(WRITABLE_VIDEO_SUFFIXES)})")
 
 
 def video_codec() -> str:

@@ -7,7 +7,7 @@ Conventions
                kernel maps go to the op as they are (`kernel_layout="BHWK"`).
   Values       Frames in [0, 1], float32. The output is not clipped (the published network can
                overshoot slightly); clip when quantising.
-  Channels     3 per frame, in the order the checkpoint records (`sepconv_jax.checkpoint`). The
+  Channels     3 per frame, in the order the checkpoint records (`sepconv_jax.network.checkpoint`). The
                published weights (`network-l1.pytorch`, `network-lf.pytorch`) expect BGR; a freshly
                initialised model is order-agnostic and is trained and saved as RGB.
   Kernel maps  `vertical[b, y, x, i]` weights image row y + i - K//2 and `horizontal[b, y, x, j]`
@@ -25,7 +25,7 @@ Conventions
                way. The default is the backend's faster accurate one (bfloat16 on CPUs with
                AVX512-BF16 or AMX).
   Sizes        H and W must be multiples of 32 (five 2x2 poolings). Any frame size works through
-               the padding policies of `sepconv_jax.padding`, which pad to a multiple of 128 and
+               the padding policies of `sepconv_jax.network.padding`, which pad to a multiple of 128 and
                crop back; the network itself never asserts a maximum resolution.
 
 Architecture (the published one with `SepConvConfig()`; `channels` scales it down for tests):
@@ -312,7 +312,7 @@ class SepConvNet(nnx.Module):
     height, width = frame0.shape[1:3]
     if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
       raise ValueError(f"{height=} and {width=} must be multiples of {SIZE_MULTIPLE}; pad with "
-                       "sepconv_jax.padding (policies 'paper' and 'improved') for other sizes")
+                       "sepconv_jax.network.padding (policies 'paper' and 'improved') for other sizes")
 
     # Resolved once here (not in every layer), so that one call's layers all run alike.
     conv = conv.resolved()

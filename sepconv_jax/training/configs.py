@@ -36,8 +36,8 @@ import json
 from typing import Any
 
 from pallas_kernels.conv import PRECISIONS
-from sepconv_jax.losses import LOSSES
-from sepconv_jax.model import SepConvConfig
+from sepconv_jax.training.losses import LOSSES
+from sepconv_jax.network.model import SepConvConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ class TrainConfig:
 
   Attributes:
     model: The network (`SepConvConfig`).
-    loss: One of `sepconv_jax.losses.LOSSES`; `nu` weights the VGG term of "l1+vgg" and
+    loss: One of `sepconv_jax.training.losses.LOSSES`; `nu` weights the VGG term of "l1+vgg" and
       `vgg_weights` is the local VGG-19 weights file the "vgg" losses need.
     learning_rate, b1, b2, eps: AdaMax (`optax.adamax`), constant learning rate as in the paper
       unless a warm-up or decay is set (`sepconv_jax.training.learning_rate_schedule`).
@@ -76,7 +76,7 @@ class TrainConfig:
       highest full-frame PSNR. 0: off (ranked by the validation crops).
     shuffle_buffer, data_threads: tf.data settings (`sepconv_data.pipeline.train_dataset`).
     centroid_weight, centroid_steps: Flow-guided kernels: add `centroid_weight` times
-      `sepconv_jax.losses.kernel_centroid_loss` (kernel centroids against the optical flow from
+      `sepconv_jax.training.losses.kernel_centroid_loss` (kernel centroids against the optical flow from
       the true middle frame, computed per crop by the data pipeline), falling linearly to 0 at
       step `centroid_steps` (None: constant). 0: off.
     precision: The convolutions' compute precision, "float32" or "bfloat16" (bfloat16 operands,

@@ -7,7 +7,7 @@ error or an interrupt leaves no partial output behind.
 Timing of the output (factor F, input frames 0..N-1 at times t[0..N-1]):
   - every input frame is kept, unchanged;
   - between frames i and i+1, F-1 new frames at t[i] + j/F * (t[i+1] - t[i]), j = 1..F-1;
-  - at a scene cut (`sepconv_jax.scene`: the pair's colour histograms differ by more than the
+  - at a scene cut (`sepconv_jax.inference.scene`: the pair's colour histograms differ by more than the
     threshold) the new frames are copies of frame i instead: the old shot holds until the new one
     starts at its original time, and nothing is morphed across the cut;
   - pairs and folders: F*(N-1)+1 frames (the first and last input frames bound the output);
@@ -44,11 +44,11 @@ import numpy as np
 import tqdm
 
 from pallas_kernels.allocator import keep_freed_memory
-from sepconv_jax import media, scene, video
-from sepconv_jax.checkpoint import CheckpointError
-from sepconv_jax.interpolator import (DEFAULT_MAX_UNTILED_PIXELS, FACTORS, Interpolator,
+from sepconv_jax.inference import media, scene, video
+from sepconv_jax.network.checkpoint import CheckpointError
+from sepconv_jax.inference.interpolator import (DEFAULT_MAX_UNTILED_PIXELS, FACTORS, Interpolator,
                                       TileSettings)
-from sepconv_jax.media import MediaError
+from sepconv_jax.inference.media import MediaError
 
 # Automatic batch size: consecutive pairs per network call while the batch stays within the
 # untiled pixel budget (one 1280x720 frame), at most this many.
@@ -220,11 +220,13 @@ def _same_size(frame: np.ndarray, reference: np.ndarray, name: str, reference_na
 
 
 def interpolate_pair(interpolator: Interpolator, first, second, out, *, factor: int = 2,
-                     threshold: float = scene.DEFAULT_THRESHOLD,
-                     overwrite: bool = False) -> Summary:
-  """Writes the frame(s) between two images: OUT, or OUT_1 .. OUT_{factor-1} (see above)."""
+                     threshold: float = scene.DEFAULT_THRESHOLD, overwrite: bool = False,
+                     checked: bool = False) -> Summary:
+  """Writes the frame(s) between two images: OUT, or OUT_1 .. OUT_{factor-1} (see above).
+  `checked`: the caller has run `check_pair` with these arguments (before loading a model)."""
   start = time.perf_counter()
-  check_pair(first, second, out, factor=factor, overwrite=overwrite)
+  if not checked:
+    check_pair(first, second, out, factor=factor, overwrite=overwrite)
   frame0, frame1 = media.read_image(first), media.read_image(second)
   _same_size(frame1, frame0, os.fspath(second), os.fspath(first))
   summary = Summary(pathlib.Path(out))
@@ -259,9 +261,10 @@ def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int =
                        threshold: float = scene.DEFAULT_THRESHOLD, batch_size: int | None = None,
                        progress: bool = True) -> Summary:
   """Reads the images of `source` in natural order ("2" before "10") and writes the output
-  sequence into the new directory `out` as 000000.png, 000001.png, ... (the input's format)."""
+  sequence into the new directory `out` as 000000.png, 000001.png, ... (the input's format).
+  `source` is a folder, or the frame paths `check_folder(folder, out)` returned."""
   start = time.perf_counter()
-  paths = check_folder(source, out)
+  paths = list(source) if isinstance(source, (list, tuple)) else check_folder(source, out)
   out = pathlib.Path(out)
   suffix = paths[0].suffix.lower()
   total = factor * (len(paths) - 1) + 1
@@ -301,22 +304,25 @@ def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int =
   return summary
 
 
-def check_video(source, out, *, overwrite: bool = False) -> None:
-  """The cheap checks of `interpolate_video`: the input opens as a video, OUT can be written."""
+def check_video(source, out, *, overwrite: bool = False) -> video.VideoReader:
+  """The cheap checks of `interpolate_video`: OUT can be written and the input opens as a video,
+  which is returned open (hand it to `interpolate_video`, which closes it)."""
   media.check_output_file(out, overwrite=overwrite, inputs=(source,))
   video.check_video_suffix(out)
-  video.VideoReader(source).close()
+  return video.VideoReader(source)
 
 
 def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 2,
                       threshold: float = scene.DEFAULT_THRESHOLD, batch_size: int | None = None,
                       overwrite: bool = False, progress: bool = True) -> Summary:
-  """Writes `source` at `factor` times its frame rate to `out`, audio copied (see above)."""
+  """Writes `source` at `factor` times its frame rate to `out`, audio copied (see above).
+  `source` is a video file, or the reader `check_video(file, out)` returned."""
   start = time.perf_counter()
-  check_video(source, out, overwrite=overwrite)
+  opened = (source if isinstance(source, video.VideoReader)
+            else check_video(source, out, overwrite=overwrite))
   out = pathlib.Path(out)
   summary = Summary(out)
-  with video.VideoReader(source) as reader, media.atomic_outputs([out]) as (temporary,):
+  with opened as reader, media.atomic_outputs([out]) as (temporary,):
     info = reader.info
     # Rates computed from odd timestamps can have huge terms; every common rate survives this.
     summary.rate = info.average_rate.limit_denominator(1001) * factor
@@ -355,7 +361,7 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
               del times[old]
           last = step
       if summary.inputs < 2:
-        raise MediaError(f"{os.fspath(source)}: has {summary.inputs} decodable frame(s); "
+        raise MediaError(f"{os.fspath(reader.path)}: has {summary.inputs} decodable frame(s); "
                          "need at least 2")
       # Hold the last frame for one input frame interval, in factor steps (see the docstring).
       times[last.index + 1] = 2 * times[last.index] - times[last.index - 1]
@@ -438,26 +444,28 @@ def run(args) -> int:
 
 
 def _run(args, common: dict) -> int:
+  reader = None
   try:
-    # The cheap checks first, so that a typo fails before the model loads.
+    # The cheap checks first (once: their results go to the pipeline), so that a typo fails
+    # before the model loads.
     if args.pair:
       check_pair(*args.pair, args.out, factor=args.factor, overwrite=args.overwrite)
     elif args.frames:
-      check_folder(args.frames, args.out)
+      frame_paths = check_folder(args.frames, args.out)
     else:
-      check_video(args.video, args.out, overwrite=args.overwrite)
+      reader = check_video(args.video, args.out, overwrite=args.overwrite)
     interpolator = load_interpolator(args.model, padding=args.padding,
                                      max_untiled_pixels=args.max_untiled_pixels,
                                      tile_size=args.tile_size, ensemble=args.ensemble,
                                      precision=args.precision)
     if args.pair:
       summary = interpolate_pair(interpolator, *args.pair, args.out, overwrite=args.overwrite,
-                                 **common)
+                                 checked=True, **common)
     elif args.frames:
-      summary = interpolate_folder(interpolator, args.frames, args.out,
+      summary = interpolate_folder(interpolator, frame_paths, args.out,
                                    batch_size=args.batch_size, **common)
     else:
-      summary = interpolate_video(interpolator, args.video, args.out, batch_size=args.batch_size,
+      summary = interpolate_video(interpolator, reader, args.out, batch_size=args.batch_size,
                                   overwrite=args.overwrite, **common)
   except (MediaError, CheckpointError) as error:
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
@@ -468,6 +476,9 @@ def _run(args, common: dict) -> int:
     print("error: out of memory; lower --max-untiled-pixels (frames above it are tiled) or "
           "--tile-size", file=sys.stderr)
     return 1
+  finally:
+    if reader is not None:
+      reader.close()  # a no-op once interpolate_video has closed it
   summary.compute = interpolator.describe_compute()
   print(summary)
   return 0

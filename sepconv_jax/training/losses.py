@@ -83,8 +83,8 @@ def make_vgg_loss(weights_path: str | os.PathLike | None) -> Loss:
   """The VGG-19 relu4_4 feature loss with ImageNet weights from a local file."""
   if weights_path is None:
     raise ValueError("the VGG loss needs ImageNet VGG-19 weights: pass a local file "
-                     "(--vgg-weights PATH; torchvision .pth or .npz, see sepconv_jax.vgg)")
-  from sepconv_jax.vgg import load_vgg19_features  # pylint: disable=import-outside-toplevel
+                     "(--vgg-weights PATH; torchvision .pth or .npz, see sepconv_jax.training.vgg)")
+  from sepconv_jax.training.vgg import load_vgg19_features  # pylint: disable=import-outside-toplevel
   features = load_vgg19_features(weights_path)
 
   def vgg_loss(batch: Batch, prediction: jax.Array) -> jax.Array:

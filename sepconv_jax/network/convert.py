@@ -14,19 +14,16 @@ takes plain NumPy arrays and needs no torch.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
-import sys
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sepconv_jax.checkpoint import abstract_model, save_model
-from sepconv_jax.commands import add_version_argument
-from sepconv_jax.model import SepConvConfig, SepConvNet
+from sepconv_jax.network.checkpoint import abstract_model, save_model
+from sepconv_jax.network.model import SepConvConfig, SepConvNet
 
 # The published weights were trained on BGR frames (they come from an OpenCV pipeline).
 PUBLISHED_CHANNEL_ORDER = "BGR"
@@ -139,28 +136,4 @@ def convert_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
   model = convert_state_dict(load_torch_state_dict(input_path))
   return save_model(output_path, model, channel_order=PUBLISHED_CHANNEL_ORDER, overwrite=overwrite,
                     info={"source": pathlib.Path(input_path).name,
-                          "converted_by": "sepconv_jax.convert"})
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "sepconv convert") -> int:
-  parser = argparse.ArgumentParser(
-      prog=prog,
-      description="Convert published PyTorch SepConv weights (e.g. network-l1.pytorch) into a "
-                  "sepconv-jax checkpoint (BGR recorded in its metadata).")
-  parser.add_argument("input", help="the .pytorch state dict")
-  parser.add_argument("output", help="the checkpoint directory to write")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
-  add_version_argument(parser)
-  args = parser.parse_args(argv)
-  try:
-    path = convert_file(args.input, args.output, overwrite=args.overwrite)
-  except (ConversionError, OSError) as error:
-    # One line, no traceback: these are problems with the user's files, not bugs.
-    print(f"{parser.prog}: error: {error}", file=sys.stderr)
-    return 1
-  print(f"wrote {path} (channel order {PUBLISHED_CHANNEL_ORDER})")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
+                          "converted_by": "sepconv_jax.network.convert"})

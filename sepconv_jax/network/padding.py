@@ -22,7 +22,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from sepconv_jax.model import PUBLISHED_KERNEL_SIZE, SIZE_MULTIPLE
+from sepconv_jax.network.model import PUBLISHED_KERNEL_SIZE, SIZE_MULTIPLE
 
 POLICIES = ("paper", "improved")
 DEFAULT_POLICY = "improved"

@@ -1,39 +1,16 @@
-"""Exports a trained checkpoint as a compact model for shipping (no optimizer state, float16).
-
-  sepconv export runs/default-l1/checkpoints/2000 sepconv_jax/weights/default \\
-      --dtype float16 --info '{"data": "DAVIS 480p + shared clips"}'
-
-The source is any checkpoint `sepconv_jax.checkpoint.load_model` reads: a training step directory
-(its optimizer state is left behind) or a model written by `save_model` / `convert`. The export
-keeps the source's metadata `info` (step, loss, training config, validation scores), adds where it
-came from and anything given with `--info`, and stores the parameters in `--dtype`. The export is
-written under a temporary name and renamed when complete.
-"""
+"""`sepconv export CHECKPOINT OUT [--dtype float16] [--info JSON]`: a checkpoint as a compact
+model (the work is in `sepconv_jax.network.export`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import pathlib
 import sys
 from typing import Any, Sequence
 
-from sepconv_jax.checkpoint import STORAGE_DTYPES, CheckpointError, load_model, save_model
-from sepconv_jax.commands import add_version_argument
-
-
-def export_model(source: str | os.PathLike, output: str | os.PathLike, *,
-                 storage_dtype: str = "float16", info: dict[str, Any] | None = None,
-                 overwrite: bool = False) -> pathlib.Path:
-  """Writes the parameters and metadata of checkpoint `source` to `output` in `storage_dtype`."""
-  output = pathlib.Path(output).absolute()
-  if output.exists() and not overwrite:
-    raise FileExistsError(f"output {output} already exists (use --overwrite to replace it)")
-  model, metadata = load_model(source)
-  merged = {**metadata.get("info", {}), "exported_from": os.fspath(source), **(info or {})}
-  return save_model(output, model, channel_order=metadata["channel_order"], info=merged,
-                    overwrite=overwrite, storage_dtype=storage_dtype)
+from sepconv_jax.commands import OneLineParser, add_version_argument
+from sepconv_jax.network.checkpoint import STORAGE_DTYPES, CheckpointError
+from sepconv_jax.network.export import export_model
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -47,7 +24,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "sepconv export") -> int:
-  parser = argparse.ArgumentParser(
+  parser = OneLineParser(
       prog=prog,
       description="Export a checkpoint (e.g. a training step) as a compact model: parameters and "
                   "metadata only, in a narrower storage dtype.")
@@ -70,7 +47,3 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv export") -> int
   size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
   print(f"wrote {path} ({args.dtype}, {size / 1e6:.1f} MB)")
   return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

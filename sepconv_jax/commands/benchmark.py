@@ -8,7 +8,7 @@
 
 Prints one row per item (PSNR, SSIM, seconds) and the means; `--json FILE` writes
 {"dataset", "model", "psnr", "ssim", "per_item": {...}, ...}. The metrics, layouts and timing are
-defined in `sepconv_jax.evaluation`. Only parses arguments and prints: the work is there.
+defined in `sepconv_jax.evaluation` (scoring, datasets, runner). Only parses arguments and prints: the work is there.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import pathlib
 import sys
 from typing import Sequence
 
-from sepconv_jax import evaluation, media
-from sepconv_jax.checkpoint import CheckpointError
 from sepconv_jax.commands import add_version_argument
+from sepconv_jax.evaluation import datasets, runner, scoring
+from sepconv_jax.inference import media
+from sepconv_jax.network.checkpoint import CheckpointError
 
 EPILOG = """\
 datasets (--root):
@@ -60,12 +61,12 @@ def build_parser(prog: str = "sepconv benchmark") -> argparse.ArgumentParser:
                    description="Frame-interpolation quality (PSNR, SSIM) of a model or a baseline "
                                "on a standard set.",
                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--dataset", required=True, choices=evaluation.DATASETS)
+  parser.add_argument("--dataset", required=True, choices=datasets.DATASETS)
   parser.add_argument("--root", required=True, metavar="PATH", help="where the dataset lies")
   source = parser.add_mutually_exclusive_group()
   source.add_argument("--model", metavar="CHECKPOINT",
                       help="checkpoint directory (default: the project's default model)")
-  source.add_argument("--baseline", choices=evaluation.BASELINE_NAMES,
+  source.add_argument("--baseline", choices=scoring.BASELINE_NAMES,
                       help="score frame averaging or frame repetition instead of a model")
   parser.add_argument("--padding", choices=("improved", "paper"), default="improved",
                       help="padding policy around the network (default: improved)")
@@ -83,10 +84,10 @@ def build_parser(prog: str = "sepconv benchmark") -> argparse.ArgumentParser:
                            "motion_masks_ucf101_interp/ next to the triplets)")
   parser.add_argument("--every", type=int, metavar="N",
                       help=f"video, davis: one triplet every N frames (default: "
-                           f"{evaluation.VIDEO_EVERY} for video, {evaluation.DAVIS_EVERY} for davis)")
+                           f"{datasets.VIDEO_EVERY} for video, {datasets.DAVIS_EVERY} for davis)")
   parser.add_argument("--sequences", metavar="A,B,...",
                       help="davis: comma-separated sequence names (default: "
-                           f"{','.join(evaluation.DAVIS_HELD_OUT)})")
+                           f"{','.join(datasets.DAVIS_HELD_OUT)})")
   parser.add_argument("--gap", type=int, default=1, metavar="G",
                       help="davis: predict frame n from frames n-G and n+G (default 1; 2 doubles "
                            "the motion)")
@@ -110,7 +111,7 @@ class _Table:
     self.width = max(width, len("mean"))
     columns = ["PSNR", "SSIM"] + (["SSIM-G"] if gaussian else []) + (
         ["PSNR-mask"] if masked else []) + (
-        [f"PSNR{name}" for name, _, _ in evaluation.MOTION_BUCKETS] if motion else []) + [
+        [f"PSNR{name}" for name, _, _ in scoring.MOTION_BUCKETS] if motion else []) + [
         "seconds"]
     self.header = f"{'item':<{self.width}}  " + "  ".join(f"{c:>11}" for c in columns)
 
@@ -123,8 +124,8 @@ class _Table:
       cells.append(_format(scores.psnr_masked, 2))
     if self.motion:
       by_motion = scores.psnr_motion or {}
-      cells += [_format(by_motion.get(bucket), 2) for bucket, _, _ in evaluation.MOTION_BUCKETS]
-    seconds = scores.seconds if isinstance(scores, evaluation.ItemResult) else (
+      cells += [_format(by_motion.get(bucket), 2) for bucket, _, _ in scoring.MOTION_BUCKETS]
+    seconds = scores.seconds if isinstance(scores, runner.ItemResult) else (
         scores.seconds_per_frame)
     cells.append(_format(seconds, 3))
     return f"{name:<{self.width}}  " + "  ".join(f"{c:>11}" for c in cells)
@@ -133,11 +134,11 @@ class _Table:
     if not self.quiet:
       print(self.header, flush=True)
 
-  def item(self, result: evaluation.ItemResult) -> None:
+  def item(self, result: runner.ItemResult) -> None:
     if not self.quiet:
       print(self.row(result.name, result), flush=True)
 
-  def mean(self, report: evaluation.Report) -> None:
+  def mean(self, report: runner.Report) -> None:
     if self.quiet:
       print(self.header)
     else:
@@ -148,8 +149,8 @@ class _Table:
 def _predictor(args):
   """(predict, model name) for the parsed arguments; loads the model (imports jax) if needed."""
   if args.baseline:
-    return evaluation.BASELINES[args.baseline], f"baseline:{args.baseline}"
-  from sepconv_jax import pipelines  # imports jax: only once inputs are known to be good  # pylint: disable=import-outside-toplevel
+    return scoring.BASELINES[args.baseline], f"baseline:{args.baseline}"
+  from sepconv_jax.inference import pipelines  # imports jax: only once inputs are known to be good  # pylint: disable=import-outside-toplevel
   from pallas_kernels.allocator import keep_freed_memory  # pylint: disable=import-outside-toplevel
   keep_freed_memory()  # every frame reuses the previous frame's buffers
   interpolator = pipelines.load_interpolator(args.model, padding=args.padding, ensemble=args.ensemble,
@@ -169,12 +170,12 @@ def run(args) -> int:
   masks = {"auto": "auto", "none": None}.get(args.masks, args.masks)
   # The cheap checks first: a wrong root or output path fails before the model loads.
   sequences = [n for n in (args.sequences or "").split(",") if n] or None
-  triplets = evaluation.read_dataset(args.dataset, args.root, masks=masks, every=args.every,
+  triplets = datasets.read_dataset(args.dataset, args.root, masks=masks, every=args.every,
                                      sequences=sequences, gap=args.gap)
   json_path = _check_json_path(args.json) if args.json else None
   predict, model_name = _predictor(args)
   gaussian = args.gaussian_ssim
-  masked = args.dataset == "ucf101" and evaluation.ucf101_folders(args.root, masks)[1] is not None
+  masked = args.dataset == "ucf101" and datasets.ucf101_folders(args.root, masks)[1] is not None
   # UCF101 ids are short; Middlebury names up to 11 characters; videos "<stem>/<index>".
   table = _Table(gaussian=gaussian, masked=masked, motion=args.motion, width=24,
                  quiet=args.summary_only)
@@ -182,21 +183,21 @@ def run(args) -> int:
         + ("" if args.baseline else f", padding {args.padding}, network: "
                                     f"{predict.describe_compute()}")
         + (", ensemble (forward and reversed pair)" if args.ensemble else ""))
-  print(f"PSNR: RGB uint8, data range 255. {evaluation.SSIM_LABEL}."
-        + (f" {evaluation.SSIM_GAUSSIAN_LABEL}." if gaussian else "")
+  print(f"PSNR: RGB uint8, data range 255. {scoring.SSIM_LABEL}."
+        + (f" {scoring.SSIM_GAUSSIAN_LABEL}." if gaussian else "")
         + (" PSNR-mask: inside the motion masks (their black pixels)." if masked else "")
         + (" PSNR<4px etc.: over the pixels moving that far (optical flow from the true middle "
            "frame)." if args.motion else ""))
   table.start()
   info = {"root": os.fspath(args.root)}
   if args.dataset == "davis":
-    info.update(sequences=sequences or list(evaluation.DAVIS_HELD_OUT), gap=args.gap,
-                every=args.every or evaluation.DAVIS_EVERY)
+    info.update(sequences=sequences or list(datasets.DAVIS_HELD_OUT), gap=args.gap,
+                every=args.every or datasets.DAVIS_EVERY)
   if not args.baseline:
     info["padding"] = args.padding
     info["ensemble"] = args.ensemble
     info["precision"] = predict.precision
-  report = evaluation.evaluate(triplets, predict, dataset=args.dataset, model=model_name,
+  report = runner.evaluate(triplets, predict, dataset=args.dataset, model=model_name,
                                gaussian_ssim=gaussian, limit=args.limit, on_item=table.item,
                                info=info, motion=args.motion)
   table.mean(report)
@@ -233,13 +234,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv benchmark") -> 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
     return run(args)
-  except (evaluation.EvaluationError, media.MediaError, CheckpointError) as error:
+  except (datasets.EvaluationError, media.MediaError, CheckpointError) as error:
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print("error: interrupted", file=sys.stderr)
     return 130
 
-
-if __name__ == "__main__":
-  sys.exit(main())

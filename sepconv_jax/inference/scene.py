@@ -1,6 +1,6 @@
 """Scene cuts: is a pair of frames two shots, which must not be morphed into each other?
 
-The test is the training data's jump-cut filter (`sepconv_data.extract`), reused so that both agree: the
+The test is the training data's jump-cut filter (`sepconv_data.cuts`), reused so that both agree: the
 total-variation distance (half the L1 distance, in [0, 1]) between the frames' joint RGB
 histograms with 8 bins per channel (512 bins). Colour histograms barely move under motion inside
 one shot and jump at a cut. Measured on the shared data: consecutive frames of one shot stayed
@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sepconv_data.extract import ExtractConfig, histogram_distance
-from sepconv_data.extract import joint_histogram as _joint_histogram
-
-DEFAULT_BINS = 8
-DEFAULT_THRESHOLD = ExtractConfig.cut_threshold  # 0.2, shared with the data filter
+from sepconv_data.cuts import DEFAULT_BINS, DEFAULT_THRESHOLD, histogram_distance
+from sepconv_data.cuts import joint_histogram as _joint_histogram
 
 __all__ = ["DEFAULT_BINS", "DEFAULT_THRESHOLD", "cut_score", "histogram_distance", "is_cut",
            "joint_histogram"]

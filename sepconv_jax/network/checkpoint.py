@@ -9,28 +9,36 @@ A model checkpoint is an Orbax composite directory with two items:
             where converted weights came from).
 
 Orbax writes into a temporary directory next to the target and renames it when the save is
-complete, so a crash never leaves a half-written checkpoint under the final name. A training loop
-that uses `ocp.CheckpointManager` with the same item names ("model", "metadata") produces step
-directories that `load_model` reads as well.
+complete, so a crash never leaves a half-written checkpoint under the final name.
+
+A training checkpoint (`<workdir>/checkpoints/<step>/`, one `ocp.CheckpointManager` per run) has
+the same two items, so that `load_model` reads any training step, and two more:
+  optimizer  the optimizer state;
+  train      step, PRNG key and the number of training batches consumed (the data position).
+The manager keeps the latest few plus the best by a validation metric (`training_manager`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from sepconv_jax.model import SepConvConfig, SepConvNet
+from sepconv_jax.network.model import SepConvConfig, SepConvNet
 
 FORMAT = "sepconv-jax/1"
 CHANNEL_ORDERS = ("RGB", "BGR")
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 MODEL_ITEM = "model"
 METADATA_ITEM = "metadata"
+OPTIMIZER_ITEM = "optimizer"
+TRAIN_ITEM = "train"
+TRAINING_ITEMS = (MODEL_ITEM, METADATA_ITEM, OPTIMIZER_ITEM, TRAIN_ITEM)
 
 
 class CheckpointError(Exception):
@@ -130,3 +138,54 @@ def load_model(path: str | os.PathLike) -> tuple[SepConvNet, dict[str, Any]]:
   params = jax.tree.map(lambda stored, leaf: stored.astype(leaf.dtype), restored[MODEL_ITEM],
                         abstract_state)
   return nnx.merge(graphdef, params), metadata
+
+
+# ------------------------------------------------------------------------------------------------
+# Training checkpoints
+
+# Orbax warns at every save without validation scores (mid-epoch saves) that a best-checkpoint
+# metric was asked for: those saves are kept by the LatestN policy on purpose.
+logging.getLogger("absl").addFilter(
+    lambda record: "did not provide metrics" not in record.getMessage())
+
+
+def training_manager(directory: str | os.PathLike, keep: int, *, best_metrics: Sequence[str],
+                     read_only: bool = False) -> ocp.CheckpointManager:
+  """The manager of a run's checkpoints: the latest `keep` plus the best one by the first of
+  `best_metrics` that a checkpoint's metrics hold (higher is better)."""
+  best_fn = lambda metrics: next(metrics[k] for k in best_metrics if k in metrics)
+  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+      ocp.checkpoint_managers.LatestN(n=keep),
+      # Ascending sort, the last n kept: the highest score. Checkpoints without validation scores
+      # (mid-epoch saves) are left to LatestN.
+      ocp.checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=False, n=1,
+                                    keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      best_fn=best_fn, best_mode="max", preservation_policy=policy, create=not read_only,
+      read_only=read_only, enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=TRAINING_ITEMS,
+                               options=options)
+
+
+def save_training_step(manager: ocp.CheckpointManager, step: int, *, params, opt_state, train,
+                       metadata: dict[str, Any], metrics: dict[str, float] | None) -> None:
+  """Writes step `step` (synchronously): `train` is the pytree of the "train" item."""
+  manager.save(step, args=ocp.args.Composite(**{
+      MODEL_ITEM: ocp.args.StandardSave(params),
+      METADATA_ITEM: ocp.args.JsonSave(metadata),
+      OPTIMIZER_ITEM: ocp.args.StandardSave(opt_state),
+      TRAIN_ITEM: ocp.args.StandardSave(train),
+  }), metrics=metrics, force=True)
+
+
+def restore_training_step(manager: ocp.CheckpointManager, step: int, *, params, opt_state, train
+                          ) -> tuple[Any, Any, Any]:
+  """(params, optimizer state, train item) of `step`, laid out like the given abstract trees
+  (`jax.ShapeDtypeStruct`s with their shardings)."""
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      MODEL_ITEM: ocp.args.StandardRestore(params),
+      OPTIMIZER_ITEM: ocp.args.StandardRestore(opt_state),
+      TRAIN_ITEM: ocp.args.StandardRestore(train),
+  }))
+  return restored[MODEL_ITEM], restored[OPTIMIZER_ITEM], restored[TRAIN_ITEM]

@@ -1,7 +1,7 @@
 """Frame interpolation on arrays: pad, run the network (jit-compiled per size), crop, convert.
 
 Conventions of the arrays a user passes in and gets back (the network's own conventions are in
-`sepconv_jax.model`):
+`sepconv_jax.network.model`):
   Layout   (B, H, W, 3) or a single frame (H, W, 3), channels last.
   Colour   RGB. If the checkpoint's metadata says its weights expect BGR (the published weights
            do), the channels are swapped on the way in and back on the way out.
@@ -37,16 +37,16 @@ import numpy as np
 from flax import nnx
 
 from pallas_kernels.conv import describe as describe_conv, xla_compiler_options
-from sepconv_jax.checkpoint import load_model
-from sepconv_jax.model import ConvOptions, SepConvNet
-from sepconv_jax.padding import DEFAULT_POLICY, POLICIES, run_padded
+from sepconv_jax.network.checkpoint import load_model
+from sepconv_jax.network.model import ConvOptions, SepConvNet
+from sepconv_jax.network.padding import DEFAULT_POLICY, POLICIES, run_padded
 
 # Above this many pixels per frame, tile (1280x720 untiled needs a few GB with the full network).
 DEFAULT_MAX_UNTILED_PIXELS = 1280 * 736
 FACTORS = (2, 4, 8)
 FLOAT_TOLERANCE = 0.1
 # Where the project's default model lives once one ships (see the README).
-DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parent / "weights" / "default"
+DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "weights" / "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +109,7 @@ class Interpolator:
     Args:
       model: The network.
       channel_order: The channel order the model's weights expect ("RGB" or "BGR").
-      padding: "improved" (default) or "paper", see `sepconv_jax.padding`.
+      padding: "improved" (default) or "paper", see `sepconv_jax.network.padding`.
       max_untiled_pixels: Frames with more pixels are tiled; None never tiles, 0 always does.
       tiles: Tile size and overlap for large frames.
       ensemble: Average the middle frames of (first, second) and (second, first): twice the

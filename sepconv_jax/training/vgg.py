@@ -34,7 +34,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class VGGWeightsError(Exception):
+class VGGWeightsError(ValueError):
   """The VGG weights file is missing, unreadable or of the wrong structure."""
 
 
@@ -69,7 +69,7 @@ def _read_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as error:
       raise VGGWeightsError(f"reading {path} needs torch (pip install 'sepconv-jax[torch]'), "
-                            "or convert it to .npz once (see sepconv_jax.vgg)") from error
+                            "or convert it to .npz once (see sepconv_jax.training.vgg)") from error
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {key: value.numpy() for key, value in state.items()}
   raise VGGWeightsError(f"{path}: unknown VGG weights format {path.suffix!r} "
