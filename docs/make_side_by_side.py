@@ -21,8 +21,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sepconv_jax import media  # pylint: disable=wrong-import-position
-from sepconv_jax.interpolator import Interpolator  # pylint: disable=wrong-import-position
+from sepconv_jax.inference import media  # pylint: disable=wrong-import-position
+from sepconv_jax.inference.interpolator import Interpolator  # pylint: disable=wrong-import-position
 
 SHARED_PAIRS = ROOT.parent / "shared" / "data" / "sample_pairs"
 PANEL_HEIGHT = 256  # every panel is scaled to this height
