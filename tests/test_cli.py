@@ -12,6 +12,8 @@ from __future__ import annotations
 import fractions
 import os
 import pathlib
+import io
+import re
 import signal
 import subprocess
 import sys
@@ -63,10 +65,11 @@ def shot(count: int, colour, seed: int) -> list[np.ndarray]:
           for frame in pattern_frames(count, seed=seed)]
 
 
-def write_video(path, frames, *, rate=fractions.Fraction(25), audio_from=None, audio_until=None):
+def write_video(path, frames, *, rate=fractions.Fraction(25), audio_from=None, audio_until=None,
+                options=None):
   """Encodes RGB frames (H.264, pts = index / rate); copies the audio packets of `audio_from`
-  (an open input container) that start before `audio_until` seconds."""
-  with av.open(str(path), "w") as output:
+  (an open input container) that start before `audio_until` seconds. `options`: the muxer's."""
+  with av.open(str(path), "w", options=options or {}) as output:
     stream = output.add_stream("libx264", rate=rate)
     stream.height, stream.width = frames[0].shape[:2]
     stream.pix_fmt = "yuv420p"
@@ -483,6 +486,36 @@ def test_bad_videos(tiny_model, tmp_path, capsys):
   assert leftovers(tmp_path, allowed=inputs) == []
 
 
+@pytest.mark.parametrize("name, options", [("index_first.mp4", {"movflags": "+faststart"}),
+                                           ("cut.mkv", None)])
+def test_truncated_videos_are_an_error_unless_allowed(tiny_model, tmp_path, capsys, name,
+                                                      options):
+  """A file cut in the middle of its 25th frame's data decodes without a decoder error (or with
+  one only after good frames): the frame count the mp4 declares, or the duration the mkv
+  declares, tells."""
+  whole = tmp_path / f"whole{pathlib.Path(name).suffix}"
+  write_video(whole, pattern_frames(40), options=options)
+  with av.open(str(whole)) as container:
+    positions = sorted(p.pos for p in container.demux(container.streams.video[0])
+                       if p.pos is not None and p.pos >= 0)
+  source = tmp_path / name
+  source.write_bytes(whole.read_bytes()[:positions[24] + 10])
+  out = tmp_path / "out.mp4"
+  code, _, err = run_main(capsys, "--video", source, "--out", out, "--model", tiny_model)
+  assert_clean_error(code, err, contains="(truncated or damaged); --allow-truncated")
+  assert re.search(r"decoded \d+ (of the 40 frames the file declares|frames \(\S+ s\) of a "
+                   r"video that declares 1.60 s)", err), err
+  assert leftovers(tmp_path, allowed=[whole.name, name]) == []
+  code, output, _ = run_main(capsys, "--video", source, "--out", out, "--model", tiny_model,
+                             "--allow-truncated")
+  assert code == 0 and "; warning: " in output and "truncated" in output
+  assert 2 <= len(probe(out)["frames"]) < 2 * 40
+  # The whole file is not flagged.
+  code, output, _ = run_main(capsys, "--video", whole, "--out", tmp_path / "whole_2x.mp4",
+                             "--model", tiny_model)
+  assert code == 0 and "warning" not in output
+
+
 def test_bad_folders(tiny_model, tmp_path, capsys):
   source = tmp_path / "in"
   source.mkdir()
@@ -598,3 +631,23 @@ def test_overwrite_never_replaces_an_input(tiny_model, tmp_path, capsys):
                           tmp_path / "a.png", "--model", tiny_model, "--overwrite")
   assert_clean_error(code, err, contains="is an input")
   assert (tmp_path / "a.png").read_bytes() == before
+
+
+def test_progress_without_a_terminal_is_a_line_every_interval():
+  """In a log (no terminal), a long job prints where it is every LOG_PROGRESS_EVERY_S seconds."""
+  now = [100.0]
+  out = io.StringIO()
+  with pipelines.Progress(40, "clip_2x.mp4", True, every_s=10.0, clock=lambda: now[0],
+                          stream=out) as progress:
+    assert progress.bar.disable  # pytest's stderr is no terminal
+    for _ in range(8):
+      now[0] += 3.0  # 4 input frames per 12 s ...
+      progress.update(1)
+  lines = out.getvalue().splitlines()
+  # ... a line at 12 s and at 24 s (the clock is read after each frame).
+  assert lines == ["clip_2x.mp4: 4/40 input frames, 0.33 frames/s, about 1 min 48 s left",
+                   "clip_2x.mp4: 8/40 input frames, 0.33 frames/s, about 1 min 36 s left"]
+  quiet = io.StringIO()
+  with pipelines.Progress(None, "x", False, every_s=0.0, stream=quiet) as progress:
+    progress.update(5)
+  assert quiet.getvalue() == ""  # --no-progress / progress=False: nothing

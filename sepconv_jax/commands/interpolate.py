@@ -34,6 +34,8 @@ outputs:
   --video   fps exactly factor x the input's, every input frame kept, factor*N frames (the last
             frame is held for factor-1 extra frames so that the duration matches the input),
             audio streams copied without re-encoding. H.264 (CRF 18), .mp4/.m4v/.mov/.mkv.
+            A video that decodes to fewer frames (or a shorter span) than it declares is an
+            error unless --allow-truncated.
 
 images: grey is expanded to RGB, 16-bit is rounded to 8-bit, an alpha channel is dropped when
   fully opaque; images with transparent pixels are refused.
@@ -93,6 +95,9 @@ def build_parser(prog: str = "sepconv interpolate") -> argparse.ArgumentParser:
                            "as fit one 1280x720 frame's pixels, at most 8)")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace an existing output file (--pair, --video)")
+  parser.add_argument("--allow-truncated", action="store_true",
+                      help="--video: write what decodes of a file that is cut short or damaged "
+                           "(default: stop with an error that says how much decoded)")
   add_version_argument(parser)
   return parser
 

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import tqdm
@@ -75,6 +75,7 @@ class Summary:
   seconds: float = 0.0
   rate: fractions.Fraction | None = None  # output frame rate (videos)
   compute: str = ""  # how the network ran (`Interpolator.describe_compute`)
+  warning: str = ""  # e.g. a truncated input written as far as it decodes
 
   @property
   def written(self) -> int:
@@ -106,6 +107,8 @@ class Summary:
              f"written, {per_frame:.3f} s per interpolated frame")
     if self.compute:
       line += f"; network: {self.compute}"
+    if self.warning:
+      line += f"; warning: {self.warning}"
     return line
 
 
@@ -178,16 +181,60 @@ def interpolate_sequence(interpolator: Interpolator, frames: Iterable[np.ndarray
     yield Step(previous, "input", index, 0)
 
 
-def _progress(total: int | None, description: str, enabled: bool) -> tqdm.tqdm:
-  # disable=None: a bar only on a terminal; the summary line is printed either way.
-  return tqdm.tqdm(total=total, desc=description, unit="frame", file=sys.stderr, leave=False,
-                   dynamic_ncols=True, disable=None if enabled else True)
+# Without a terminal (a log file, nohup, a job scheduler), one progress line this often.
+LOG_PROGRESS_EVERY_S = 10.0
 
 
-def _counted(frames: Iterable, bar: tqdm.tqdm) -> Iterator:
+class Progress:
+  """Input frames read by a long job: tqdm's bar on a terminal; elsewhere a plain line on stderr
+  every `every_s` seconds (frames done of the total, input frames per second, time left), so
+  that a job's log shows it is alive. Neither when `enabled` is False. A context manager."""
+
+  def __init__(self, total: int | None, description: str, enabled: bool, *,
+               every_s: float = LOG_PROGRESS_EVERY_S, clock: Callable[[], float] = time.monotonic,
+               stream=None):
+    # disable=None: a bar only on a terminal; the summary line is printed either way.
+    self.bar = tqdm.tqdm(total=total, desc=description, unit="frame", file=sys.stderr,
+                         leave=False, dynamic_ncols=True, disable=None if enabled else True)
+    self._lines = enabled and self.bar.disable
+    self._total, self._description, self._every_s = total, description, every_s
+    self._clock, self._stream = clock, stream
+    self._start = self._last = clock()
+    self.done = 0
+
+  def __enter__(self) -> Progress:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.bar.close()
+
+  def update(self, count: int = 1) -> None:
+    self.bar.update(count)
+    self.done += count
+    now = self._clock()
+    if self._lines and now - self._last >= self._every_s:
+      self._last = now
+      print(self.line(now), file=self._stream or sys.stderr, flush=True)
+
+  def line(self, now: float) -> str:
+    rate = self.done / max(now - self._start, 1e-9)
+    of = f"/{self._total}" if self._total else ""
+    left = (f", about {_duration((self._total - self.done) / rate)} left"
+            if self._total and rate > 0 and self.done <= self._total else "")
+    return f"{self._description}: {self.done}{of} input frames, {rate:.2f} frames/s{left}"
+
+
+def _duration(seconds: float) -> str:
+  minutes, seconds = divmod(round(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours} h {minutes:02d} min" if hours else (
+      f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s")
+
+
+def _counted(frames: Iterable, progress: Progress) -> Iterator:
   for item in frames:
     yield item
-    bar.update(1)
+    progress.update(1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,7 +332,7 @@ def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int =
   staging = pathlib.Path(tempfile.mkdtemp(prefix=media.partial_prefix(out, directory=True),
                                           suffix=".partial", dir=out.absolute().parent))
   try:
-    with _progress(len(paths), f"{out.name}", progress) as bar:
+    with Progress(len(paths), out.name, progress) as bar:
       for number, step in enumerate(interpolate_sequence(
           interpolator, _counted(frames(), bar), factor=factor, threshold=threshold,
           batch_size=batch_size)):
@@ -314,9 +361,12 @@ def check_video(source, out, *, overwrite: bool = False) -> video.VideoReader:
 
 def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 2,
                       threshold: float = scene.DEFAULT_THRESHOLD, batch_size: int | None = None,
-                      overwrite: bool = False, progress: bool = True) -> Summary:
+                      overwrite: bool = False, progress: bool = True,
+                      allow_truncated: bool = False) -> Summary:
   """Writes `source` at `factor` times its frame rate to `out`, audio copied (see above).
-  `source` is a video file, or the reader `check_video(file, out)` returned."""
+  `source` is a video file, or the reader `check_video(file, out)` returned. A file that decodes
+  to fewer frames than it declares (cut short, damaged) is an error, and nothing is written,
+  unless `allow_truncated`: then the decodable part is written and the summary says so."""
   start = time.perf_counter()
   opened = (source if isinstance(source, video.VideoReader)
             else check_video(source, out, overwrite=overwrite))
@@ -351,7 +401,7 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
           yield rgb
 
       last = None
-      with _progress(info.frame_count, out.name, progress) as bar:
+      with Progress(info.frame_count, out.name, progress) as bar:
         for step in interpolate_sequence(interpolator, _counted(frames(), bar), factor=factor,
                                          threshold=threshold, batch_size=batch_size):
           writer.write(step.frame, tick(step.index, fractions.Fraction(step.fraction, factor)))
@@ -363,6 +413,10 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
       if summary.inputs < 2:
         raise MediaError(f"{os.fspath(reader.path)}: has {summary.inputs} decodable frame(s); "
                          "need at least 2")
+      truncation = reader.truncation()
+      if truncation and not allow_truncated:
+        raise MediaError(f"{truncation}; --allow-truncated writes the frames that decode")
+      summary.warning = truncation or ""
       # Hold the last frame for one input frame interval, in factor steps (see the docstring).
       times[last.index + 1] = 2 * times[last.index] - times[last.index - 1]
       for fraction in range(1, factor):
@@ -466,7 +520,8 @@ def _run(args, common: dict) -> int:
                                    batch_size=args.batch_size, **common)
     else:
       summary = interpolate_video(interpolator, reader, args.out, batch_size=args.batch_size,
-                                  overwrite=args.overwrite, **common)
+                                  overwrite=args.overwrite, allow_truncated=args.allow_truncated,
+                                  **common)
   except (MediaError, CheckpointError) as error:
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
     return 1

@@ -82,6 +82,7 @@ class VideoInfo:
   frame_count: int | None  # from the container header; None when it does not say
   colour: ColourTags
   audio_streams: int
+  duration: fractions.Fraction | None = None  # seconds, of the video stream (else the container)
 
 
 class VideoReader:
@@ -118,13 +119,21 @@ class VideoReader:
           width=context.width, height=context.height, average_rate=fractions.Fraction(rate),
           time_base=fractions.Fraction(self.stream.time_base),
           frame_count=self.stream.frames or None,
+          duration=_declared_duration(self.container, self.stream),
           colour=ColourTags(int(context.colorspace), int(context.color_range),
                             int(context.color_primaries), int(context.color_trc)),
           audio_streams=len(self.audio_streams))
-      self.stream.thread_type = "AUTO"
+      # Slice threads only: frame threading delays frames by a few and, at a damaged or cut-off
+      # end, reports the error in place of frames that decoded fine (or not at all). Decoding
+      # is milliseconds per frame against the network's seconds.
+      self.stream.thread_type = "SLICE"
     except BaseException:
       self.container.close()
       raise
+
+    self.decoded = 0  # frames yielded so far by `frames`
+    self._first_pts = self._last_pts = None
+    self._decode_error = None  # a decoder error after some frames (a damaged or cut-off end)
 
   def __enter__(self) -> VideoReader:
     return self
@@ -160,11 +169,45 @@ class VideoReader:
           if pts is None or (previous_pts is not None and pts <= previous_pts):
             pts = 0 if previous_pts is None else previous_pts + nominal
           previous_pts = pts
+          self.decoded += 1
+          self._first_pts = pts if self._first_pts is None else self._first_pts
+          self._last_pts = pts
           rgb = frame.to_ndarray(format="rgb24", src_colorspace=info.colour.matrix,
                                  src_color_range=info.colour.range, interpolation=_SCALER_FLAGS)
           yield rgb, pts
     except av.error.FFmpegError as error:
-      raise MediaError(f"{name}: cannot decode ({_one_line(error)})") from None
+      if not self.decoded:
+        raise MediaError(f"{name}: cannot decode ({_one_line(error)})") from None
+      # Frames decoded before the error are good: `truncation` reports it, the caller decides.
+      self._decode_error = _one_line(error)
+
+  def truncation(self) -> str | None:
+    """After `frames` is exhausted: why the file looks cut short (fewer frames than its header
+    declares, or a decoded span well short of its declared duration), else None. Decoders
+    (threaded ones especially) stop at a cut without an error, so this is the only sign."""
+    info, name = self.info, os.fspath(self.path)
+    error = f", then the decoder failed ({self._decode_error})" if self._decode_error else ""
+    if info.frame_count and (error or info.frame_count - self.decoded
+                             > max(1, info.frame_count // 100)):
+      return (f"{name}: decoded {self.decoded} of the {info.frame_count} frames the file "
+              f"declares{error} (truncated or damaged)")
+    if error:
+      return f"{name}: decoded {self.decoded} frames{error} (truncated or damaged)"
+    if info.duration and self._last_pts is not None:
+      interval = 1 / info.average_rate
+      span = (self._last_pts - self._first_pts) * info.time_base + interval
+      if info.duration - span > max(fractions.Fraction(1, 2), info.duration / 20, 2 * interval):
+        return (f"{name}: decoded {self.decoded} frames ({float(span):.2f} s) of a video that "
+                f"declares {float(info.duration):.2f} s (truncated or damaged)")
+    return None
+
+
+def _declared_duration(container, stream) -> fractions.Fraction | None:
+  if stream.duration and stream.time_base:
+    return stream.duration * fractions.Fraction(stream.time_base)
+  if container.duration:  # microseconds (av.time_base), over all streams
+    return fractions.Fraction(container.duration, av.time_base)
+  return None
 
 
 def check_video_suffix(path: str | os.PathLike) -> None:
