@@ -66,14 +66,17 @@ def shot(count: int, colour, seed: int) -> list[np.ndarray]:
 
 
 def write_video(path, frames, *, rate=fractions.Fraction(25), audio_from=None, audio_until=None,
-                options=None):
-  """Encodes RGB frames (H.264, pts = index / rate); copies the audio packets of `audio_from`
-  (an open input container) that start before `audio_until` seconds. `options`: the muxer's."""
+                options=None, times=None):
+  """Encodes RGB frames (H.264, pts = index / rate, or at `times` in seconds, a variable rate,
+  in milliseconds); copies the audio packets of `audio_from` (an open input container) that
+  start before `audio_until` seconds. `options`: the muxer's."""
   with av.open(str(path), "w", options=options or {}) as output:
     stream = output.add_stream("libx264", rate=rate)
     stream.height, stream.width = frames[0].shape[:2]
     stream.pix_fmt = "yuv420p"
     stream.options = {"crf": "10"}
+    if times is not None:
+      stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
     audio = None
     if audio_from is not None:
       source = audio_from.streams.audio[0]
@@ -85,8 +88,10 @@ def write_video(path, frames, *, rate=fractions.Fraction(25), audio_from=None, a
         output.mux(packet)
     for index, frame in enumerate(frames):
       av_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-      av_frame.pts = index
-      av_frame.time_base = 1 / rate
+      if times is None:
+        av_frame.pts, av_frame.time_base = index, 1 / rate
+      else:
+        av_frame.pts, av_frame.time_base = round(times[index] * 1000), fractions.Fraction(1, 1000)
       output.mux(stream.encode(av_frame))
     output.mux(stream.encode(None))
 
@@ -514,6 +519,27 @@ def test_truncated_videos_are_an_error_unless_allowed(tiny_model, tmp_path, caps
   code, output, _ = run_main(capsys, "--video", whole, "--out", tmp_path / "whole_2x.mp4",
                              "--model", tiny_model)
   assert code == 0 and "warning" not in output
+
+
+def test_variable_frame_rate_keeps_every_timestamp(interpolator, tmp_path):
+  """Phone-style VFR: input frames at 0, 0.1, 0.3, 0.4, 0.7 s. Kept frames keep their times, each
+  new frame goes halfway between its neighbours, and the duration is the input's."""
+  times = [0.0, 0.1, 0.3, 0.4, 0.7]
+  source = tmp_path / "vfr.mp4"
+  write_video(source, pattern_frames(len(times)), times=times)
+  with av.open(str(source)) as container:
+    # x264's B-frame delay makes the MP4's declared duration end before the last frame: the
+    # last frame is then shown for the average interval.
+    last_shown = float(1 / container.streams.video[0].average_rate)
+  out = tmp_path / "vfr_2x.mp4"
+  summary = pipelines.interpolate_video(interpolator, source, out, factor=2, progress=False)
+  with av.open(str(out)) as container:
+    stream = container.streams.video[0]
+    got = [float(frame.pts * stream.time_base) for frame in container.decode(stream)]
+  midpoints = [(a + b) / 2 for a, b in zip(times, times[1:])]
+  held = times[-1] + last_shown / 2
+  np.testing.assert_allclose(got, sorted(times + midpoints + [held]), atol=1e-3)
+  assert summary.inputs == 5 and summary.interpolated == 4 and summary.held == 1
 
 
 def test_bad_folders(tiny_model, tmp_path, capsys):

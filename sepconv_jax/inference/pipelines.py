@@ -15,11 +15,15 @@ Timing of the output (factor F, input frames 0..N-1 at times t[0..N-1]):
     frames before it, so that the output has exactly F times the input's frames, F times its
     frame rate (the stream's average rate, an exact fraction) and the same duration (the last
     frame is shown for as long as in the input), and audio copied as is stays in sync to the end.
-    Timestamps: the output's time base is one output frame, 1 / (F x the input's average rate),
-    and each output frame goes to the tick nearest its time above. For a constant-rate input
-    (even one whose container rounds times, like Matroska's milliseconds) that is exactly tick
-    F*i + j, so the output rate is exactly F times the input's; a variable-rate input keeps its
-    timing to within half an output frame, so the audio stays in sync.
+    Timestamps: each output frame goes to its exact time above, except that a time within one
+    input time-base tick of the output grid (multiples of 1 / (F x the input's average rate))
+    goes onto the grid: a constant-rate input (even one whose container rounds times, like
+    Matroska's milliseconds) gives exactly the grid, so the output rate is exactly F times the
+    input's, while a variable-rate input keeps every input frame's timestamp and puts the new
+    frames halfway (k/F of the way) between their neighbours'. The last frame is held until the
+    video stream's declared end (else for the average frame interval), so the duration, and with
+    it the sync of the copied audio, is kept. The output time base divides both the grid and the
+    input's time base / F.
 
 Errors the user can fix (missing, unreadable or mismatched inputs, unwritable outputs, a missing
 model) raise `MediaError` or `CheckpointError`; `run` turns them into one `error:` line on stderr
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import math
 import os
 import pathlib
 import shutil
@@ -351,6 +356,13 @@ def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int =
   return summary
 
 
+def _output_time_base(grid: fractions.Fraction, fine: fractions.Fraction) -> fractions.Fraction:
+  """The coarsest time base in which both the output grid and `fine` (the input's time base / F)
+  are whole ticks; the grid itself if that would overflow a container's 32-bit time scale."""
+  scale = math.lcm(grid.denominator, fine.denominator)
+  return fractions.Fraction(1, scale) if scale < 2**31 else grid
+
+
 def check_video(source, out, *, overwrite: bool = False) -> video.VideoReader:
   """The cheap checks of `interpolate_video`: OUT can be written and the input opens as a video,
   which is returned open (hand it to `interpolate_video`, which closes it)."""
@@ -379,20 +391,25 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
     if batch_size is None:
       batch_size = auto_batch_size(interpolator, info.height, info.width)
     times: dict[int, int] = {}  # input index -> pts, for the frames still in flight
-    last_pts = None  # in output frames
+    last_pts = None  # in output time base units
+    grid = 1 / summary.rate  # seconds between output frames of a constant-rate input
+    time_base = _output_time_base(grid, info.time_base / factor)
 
     def tick(index: int, offset: fractions.Fraction) -> int:
       """The output pts of the time `offset` input intervals after input frame `index`."""
       nonlocal last_pts
       start = times[index]
-      input_pts = start + offset * (times[index + 1] - start) if offset else start
-      pts = round(input_pts * info.time_base * summary.rate)
+      seconds = (start + offset * (times[index + 1] - start) if offset else start) * info.time_base
+      on_grid = round(seconds / grid) * grid
+      if abs(seconds - on_grid) <= info.time_base:  # a constant rate's rounding: the grid
+        seconds = on_grid
+      pts = round(seconds / time_base)
       if last_pts is not None and pts <= last_pts:
-        pts = last_pts + 1  # input frames closer than an output frame: keep them in order
+        pts = last_pts + 1  # input frames closer than an output tick: keep them in order
       last_pts = pts
       return pts
 
-    with video.VideoWriter(temporary, info, rate=summary.rate, time_base=1 / summary.rate,
+    with video.VideoWriter(temporary, info, rate=summary.rate, time_base=time_base,
                            audio_templates=reader.audio_streams) as writer:
 
       def frames() -> Iterator[np.ndarray]:
@@ -417,8 +434,12 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
       if truncation and not allow_truncated:
         raise MediaError(f"{truncation}; --allow-truncated writes the frames that decode")
       summary.warning = truncation or ""
-      # Hold the last frame for one input frame interval, in factor steps (see the docstring).
-      times[last.index + 1] = 2 * times[last.index] - times[last.index - 1]
+      # Hold the last frame until the stream's declared end, else (Matroska, or a declared end
+      # before the last frame, as B-frame edit lists give variable-rate MP4s) for the average
+      # frame interval, in factor steps.
+      end = reader.declared_end_pts()
+      times[last.index + 1] = (end if end is not None and end > times[last.index] else
+                               times[last.index] + 1 / (info.average_rate * info.time_base))
       for fraction in range(1, factor):
         writer.write(last.frame, tick(last.index, fractions.Fraction(fraction, factor)))
         summary.held += 1

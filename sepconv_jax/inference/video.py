@@ -181,6 +181,15 @@ class VideoReader:
       # Frames decoded before the error are good: `truncation` reports it, the caller decides.
       self._decode_error = _one_line(error)
 
+  def declared_end_pts(self) -> int | None:
+    """The video stream's end (its start time, else its first frame's pts, + its declared
+    duration) in its time base, after `frames` has run; None where the stream declares no
+    duration (Matroska)."""
+    if not self.stream.duration or self._first_pts is None:
+      return None
+    start = self.stream.start_time if self.stream.start_time is not None else self._first_pts
+    return start + self.stream.duration
+
   def truncation(self) -> str | None:
     """After `frames` is exhausted: why the file looks cut short (fewer frames than its header
     declares, or a decoded span well short of its declared duration), else None. Decoders
