@@ -66,7 +66,7 @@ def shot(count: int, colour, seed: int) -> list[np.ndarray]:
 
 
 def write_video(path, frames, *, rate=fractions.Fraction(25), audio_from=None, audio_until=None,
-                options=None, times=None):
+                options=None, times=None, rotation=None):
   """Encodes RGB frames (H.264, pts = index / rate, or at `times` in seconds, a variable rate,
   in milliseconds); copies the audio packets of `audio_from` (an open input container) that
   start before `audio_until` seconds. `options`: the muxer's."""
@@ -77,6 +77,8 @@ def write_video(path, frames, *, rate=fractions.Fraction(25), audio_from=None, a
     stream.options = {"crf": "10"}
     if times is not None:
       stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
+    if rotation is not None:
+      stream.set_display_rotation(rotation)
     audio = None
     if audio_from is not None:
       source = audio_from.streams.audio[0]
@@ -540,6 +542,41 @@ def test_variable_frame_rate_keeps_every_timestamp(interpolator, tmp_path):
   held = times[-1] + last_shown / 2
   np.testing.assert_allclose(got, sorted(times + midpoints + [held]), atol=1e-3)
   assert summary.inputs == 5 and summary.interpolated == 4 and summary.held == 1
+
+
+def test_rotation_is_kept(interpolator, tmp_path):
+  """A phone video held upright: coded landscape with a 90-degree display matrix. The output
+  carries the same matrix (players show it upright), frames stay as coded."""
+  source = tmp_path / "upright.mp4"
+  write_video(source, pattern_frames(3), rotation=90)
+  out = tmp_path / "upright_2x.mkv"
+  pipelines.interpolate_video(interpolator, source, out, factor=2, progress=False)
+  for path in (source, out):
+    with av.open(str(path)) as container:
+      frame = next(container.decode(container.streams.video[0]))
+      assert frame.rotation == 90 and (frame.height, frame.width) == SIZE, path
+  plain = tmp_path / "plain_2x.mp4"
+  write_video(tmp_path / "plain.mp4", pattern_frames(3))
+  pipelines.interpolate_video(interpolator, tmp_path / "plain.mp4", plain, progress=False)
+  with av.open(str(plain)) as container:
+    assert next(container.decode(container.streams.video[0])).rotation == 0
+
+
+def test_ten_bit_input_says_the_output_is_eight_bit(interpolator, tmp_path):
+  source = tmp_path / "ten.mkv"
+  with av.open(str(source), "w") as output:
+    stream = output.add_stream("libx264", rate=25)
+    stream.height, stream.width = SIZE
+    stream.pix_fmt = "yuv420p10le"
+    for index, frame in enumerate(pattern_frames(3)):
+      av_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p10le")
+      av_frame.pts, av_frame.time_base = index, fractions.Fraction(1, 25)
+      output.mux(stream.encode(av_frame))
+    output.mux(stream.encode(None))
+  summary = pipelines.interpolate_video(interpolator, source, tmp_path / "ten_2x.mp4",
+                                        progress=False)
+  assert "warning: the input is 10-bit, the output 8-bit" in str(summary)
+  assert len(probe(tmp_path / "ten_2x.mp4")["frames"]) == 6
 
 
 def test_bad_folders(tiny_model, tmp_path, capsys):

@@ -433,7 +433,10 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
       truncation = reader.truncation()
       if truncation and not allow_truncated:
         raise MediaError(f"{truncation}; --allow-truncated writes the frames that decode")
-      summary.warning = truncation or ""
+      notes = [truncation] if truncation else []
+      if info.bit_depth > 8:  # frames go through 8-bit RGB (the network's input) and H.264 8-bit
+        notes.append(f"the input is {info.bit_depth}-bit, the output 8-bit")
+      summary.warning = "; ".join(notes)
       # Hold the last frame until the stream's declared end, else (Matroska, or a declared end
       # before the last frame, as B-frame edit lists give variable-rate MP4s) for the average
       # frame interval, in factor steps.

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
 
 from sepconv_jax.inference.media import MediaError
 
@@ -83,6 +84,10 @@ class VideoInfo:
   colour: ColourTags
   audio_streams: int
   duration: fractions.Fraction | None = None  # seconds, of the video stream (else the container)
+  # The 3x3 display matrix (9 ints, FFmpeg's fixed point) that rotates or flips the coded frames
+  # for display, e.g. a phone held upright; None for none. Frames are read and written as coded.
+  display_matrix: tuple[int, ...] | None = None
+  bit_depth: int = 8  # bits per sample of the coded frames (10 for most HDR and pro video)
 
 
 class VideoReader:
@@ -120,6 +125,9 @@ class VideoReader:
           time_base=fractions.Fraction(self.stream.time_base),
           frame_count=self.stream.frames or None,
           duration=_declared_duration(self.container, self.stream),
+          display_matrix=_display_matrix(name),
+          bit_depth=max((c.bits for c in context.format.components), default=8)
+          if context.format is not None else 8,
           colour=ColourTags(int(context.colorspace), int(context.color_range),
                             int(context.color_primaries), int(context.color_trc)),
           audio_streams=len(self.audio_streams))
@@ -211,6 +219,27 @@ class VideoReader:
     return None
 
 
+def _display_matrix(name: str) -> tuple[int, ...] | None:
+  """The display matrix of the first video frame (FFmpeg puts the stream's on every frame), from a
+  second, throw-away opening: the writer needs it before anything is muxed."""
+  try:
+    with av.open(name, "r") as container:
+      stream = container.streams.video[0]
+      for frame in container.decode(stream):
+        matrix = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+        if matrix is None:
+          return None
+        values = tuple(int(v) for v in np.frombuffer(bytes(matrix), np.int32))
+        return None if values == _IDENTITY_MATRIX else values
+  except (av.error.FFmpegError, OSError, StopIteration):
+    pass  # undecodable files are reported by the reader itself
+  return None
+
+
+# FFmpeg's identity display matrix: 1.0 is 1 << 16, except 1 << 30 in the last (w) column.
+_IDENTITY_MATRIX = (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+
+
 def _declared_duration(container, stream) -> fractions.Fraction | None:
   if stream.duration and stream.time_base:
     return stream.duration * fractions.Fraction(stream.time_base)
@@ -271,6 +300,8 @@ class VideoWriter:
         raise MediaError(f"cannot encode {info.width}x{info.height} with {codec} (odd size)")
       context.time_base = time_base
       self.stream.time_base = time_base
+      if info.display_matrix is not None:  # rotation / flips for display, as in the input
+        self.stream.set_display_matrix(list(info.display_matrix))
       context.colorspace = info.colour.colorspace
       context.color_range = info.colour.range
       context.color_primaries = info.colour.color_primaries
