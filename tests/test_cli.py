@@ -579,6 +579,29 @@ def test_ten_bit_input_says_the_output_is_eight_bit(interpolator, tmp_path):
   assert len(probe(tmp_path / "ten_2x.mp4")["frames"]) == 6
 
 
+def test_lossless_keeps_frames_exactly_and_crf_sets_the_quality(interpolator, tmp_path, capsys):
+  source = tmp_path / "in.mp4"
+  write_video(source, pattern_frames(3))
+  with video.VideoReader(source) as reader:
+    decoded = [rgb for rgb, _ in reader.frames()]
+  out = tmp_path / "lossless.mkv"
+  pipelines.interpolate_video(interpolator, source, out, lossless=True, progress=False)
+  kept = probe(out)["frames"][::2]
+  assert len(kept) == 3 and all(np.array_equal(a, b) for a, b in zip(kept, decoded))
+  sizes = {}
+  for crf in (10, 40):
+    path = tmp_path / f"crf{crf}.mp4"
+    pipelines.interpolate_video(interpolator, source, path, crf=crf, progress=False)
+    sizes[crf] = path.stat().st_size
+  assert sizes[40] < sizes[10]
+  assert interpolate.H264_CRF == video.H264_CRF  # the command's --help mirrors the writer
+  for flags, message in ((["--crf", "52"], "more than 51"), (["--crf", "20", "--lossless"],
+                                                              "not allowed with")):
+    with pytest.raises(SystemExit) as exit_info:
+      interpolate.main(["--video", str(source), "--out", str(tmp_path / "x.mp4"), *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_bad_folders(tiny_model, tmp_path, capsys):
   source = tmp_path / "in"
   source.mkdir()

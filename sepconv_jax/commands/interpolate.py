@@ -22,6 +22,7 @@ FACTORS = (2, 4, 8)
 DEFAULT_SCENE_THRESHOLD = 0.2
 # Mirrors pallas_kernels.conv.PRECISIONS, plus "auto".
 PRECISIONS = ("auto", "float32", "bfloat16")
+H264_CRF = 18  # mirrors sepconv_jax.inference.video.H264_CRF
 
 EPILOG = """\
 outputs:
@@ -33,7 +34,8 @@ outputs:
             (frame2 before frame10).
   --video   fps exactly factor x the input's, every input frame kept, factor*N frames (the last
             frame is held for factor-1 extra frames so that the duration matches the input),
-            audio streams copied without re-encoding. H.264 (CRF 18), .mp4/.m4v/.mov/.mkv.
+            audio streams copied without re-encoding. H.264 (CRF 18, preset medium; --crf,
+            --lossless), .mp4/.m4v/.mov/.mkv.
             A video that decodes to fewer frames (or a shorter span) than it declares is an
             error unless --allow-truncated.
 
@@ -54,6 +56,13 @@ def _threshold(text: str) -> float:
   value = float(text)
   if not 0.0 <= value <= 1.0:
     raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
+  return value
+
+
+def _crf(text: str) -> int:
+  value = at_least(0)(text)
+  if value > 51:
+    raise argparse.ArgumentTypeError(f"{value} is more than 51")
   return value
 
 
@@ -95,6 +104,13 @@ def build_parser(prog: str = "sepconv interpolate") -> argparse.ArgumentParser:
                            "as fit one 1280x720 frame's pixels, at most 8)")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace an existing output file (--pair, --video)")
+  quality = parser.add_mutually_exclusive_group()
+  quality.add_argument("--crf", type=_crf, default=H264_CRF, metavar="N",
+                       help=f"--video: H.264 quality, 0 (best) .. 51 (default: {H264_CRF}, "
+                            "visually lossless)")
+  quality.add_argument("--lossless", action="store_true",
+                       help="--video: the frames exactly (H.264 in RGB at QP 0; large files "
+                            "that FFmpeg-based players such as VLC and mpv play)")
   parser.add_argument("--allow-truncated", action="store_true",
                       help="--video: write what decodes of a file that is cut short or damaged "
                            "(default: stop with an error that says how much decoded)")

@@ -374,11 +374,13 @@ def check_video(source, out, *, overwrite: bool = False) -> video.VideoReader:
 def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 2,
                       threshold: float = scene.DEFAULT_THRESHOLD, batch_size: int | None = None,
                       overwrite: bool = False, progress: bool = True,
-                      allow_truncated: bool = False) -> Summary:
+                      allow_truncated: bool = False, crf: int = video.H264_CRF,
+                      lossless: bool = False) -> Summary:
   """Writes `source` at `factor` times its frame rate to `out`, audio copied (see above).
   `source` is a video file, or the reader `check_video(file, out)` returned. A file that decodes
   to fewer frames than it declares (cut short, damaged) is an error, and nothing is written,
-  unless `allow_truncated`: then the decodable part is written and the summary says so."""
+  unless `allow_truncated`: then the decodable part is written and the summary says so. `crf`
+  and `lossless` are the encoder's settings (`video.VideoWriter`)."""
   start = time.perf_counter()
   opened = (source if isinstance(source, video.VideoReader)
             else check_video(source, out, overwrite=overwrite))
@@ -410,7 +412,8 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
       return pts
 
     with video.VideoWriter(temporary, info, rate=summary.rate, time_base=time_base,
-                           audio_templates=reader.audio_streams) as writer:
+                           audio_templates=reader.audio_streams, crf=crf,
+                           lossless=lossless) as writer:
 
       def frames() -> Iterator[np.ndarray]:
         for index, (rgb, pts) in enumerate(reader.frames(audio_sink=writer.mux_audio)):
@@ -545,7 +548,7 @@ def _run(args, common: dict) -> int:
     else:
       summary = interpolate_video(interpolator, reader, args.out, batch_size=args.batch_size,
                                   overwrite=args.overwrite, allow_truncated=args.allow_truncated,
-                                  **common)
+                                  crf=args.crf, lossless=args.lossless, **common)
   except (MediaError, CheckpointError) as error:
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
     return 1

@@ -269,10 +269,16 @@ class VideoWriter:
     rate: The output's nominal frame rate (stored as the stream's average rate).
     time_base: The unit of the `pts` given to `write`.
     audio_templates: Input audio streams to copy; `mux_audio` takes their packets.
+    crf: H.264's constant rate factor, 0 (best) .. 51; the default 18 is visually lossless.
+    lossless: The RGB frames exactly (H.264 in RGB, `libx264rgb` at QP 0): large files that
+      FFmpeg-based players (VLC, mpv) show but many hardware players do not.
   """
 
   def __init__(self, path: str | os.PathLike, info: VideoInfo, *, rate: fractions.Fraction,
-               time_base: fractions.Fraction, audio_templates=()):
+               time_base: fractions.Fraction, audio_templates=(), crf: int = H264_CRF,
+               lossless: bool = False):
+    if not 0 <= crf <= 51:
+      raise ValueError(f"crf={crf} must be in 0..51")
     self.name = os.fspath(path)
     self.colour = info.colour
     audio_templates = list(audio_templates)
@@ -290,12 +296,15 @@ class VideoWriter:
     except (av.error.FFmpegError, OSError) as error:
       raise MediaError(f"cannot write {self.name}: {_one_line(error)}") from None
     try:
-      codec = video_codec()
+      codec = "libx264rgb" if lossless else video_codec()
+      if codec not in av.codecs_available:
+        raise MediaError(f"cannot write lossless video: this FFmpeg build has no {codec}")
       self.stream = self.container.add_stream(codec, rate=rate)
       context = self.stream.codec_context
       context.width, context.height = info.width, info.height
       odd = info.width % 2 or info.height % 2
-      context.pix_fmt = "yuv444p" if odd and codec == "libx264" else "yuv420p"
+      context.pix_fmt = ("rgb24" if lossless else
+                         "yuv444p" if odd and codec == "libx264" else "yuv420p")
       if odd and codec != "libx264":
         raise MediaError(f"cannot encode {info.width}x{info.height} with {codec} (odd size)")
       context.time_base = time_base
@@ -306,8 +315,11 @@ class VideoWriter:
       context.color_range = info.colour.range
       context.color_primaries = info.colour.color_primaries
       context.color_trc = info.colour.color_trc
-      if codec == "libx264":
-        self.stream.options = {"crf": str(H264_CRF), "preset": H264_PRESET}
+      if lossless:
+        self.stream.options = {"qp": "0", "preset": H264_PRESET}
+        context.colorspace = 0  # AVCOL_SPC_RGB: the samples are RGB, no matrix
+      elif codec == "libx264":
+        self.stream.options = {"crf": str(crf), "preset": H264_PRESET}
       else:
         context.qscale = MPEG4_QSCALE
       self.pix_fmt = context.pix_fmt
@@ -336,8 +348,9 @@ class VideoWriter:
   def write(self, rgb: np.ndarray, pts: int) -> None:
     """Encodes one (H, W, 3) uint8 RGB frame shown from `pts` (in the writer's time base) on."""
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-    frame = frame.reformat(format=self.pix_fmt, dst_colorspace=self.colour.matrix,
-                           dst_color_range=self.colour.range, interpolation=_SCALER_FLAGS)
+    if self.pix_fmt != "rgb24":
+      frame = frame.reformat(format=self.pix_fmt, dst_colorspace=self.colour.matrix,
+                             dst_color_range=self.colour.range, interpolation=_SCALER_FLAGS)
     frame.pts = pts
     self._mux(self.stream.encode(frame))
     self.frames_written += 1
