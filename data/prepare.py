@@ -47,7 +47,8 @@ def build_parser(prog: str = "sepconv prepare") -> argparse.ArgumentParser:
   p.add_argument("--source", action="append", required=True, metavar="DIR",
                  help="folder of sequences (DAVIS layout, frame folders, videos); repeatable")
   p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                 help="TFDS data_dir for the cache (default: %(default)s, where sepconv train looks)")
+                 help="TFDS data_dir for the cache (default: %(default)s, where sepconv train "
+                      "looks)")
   p.add_argument("--patch-size", type=_positive_int, default=defaults.patch_size)
   p.add_argument("--patches-tried", type=_positive_int, default=defaults.patches_tried,
                  help="random patches tried per triplet")

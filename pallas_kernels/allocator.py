@@ -12,8 +12,8 @@ the first call's pages: the network ran in 0.38 s instead of 0.51 s (benchmarks/
 The process's peak memory does not grow (the reused blocks are the ones the peak already held),
 but memory freed after a peak is kept by the process until it exits rather than returned to the
 system. This is a process-wide malloc setting, so the library does not make it on its own: the
-command-line tools (`interpolate.py`, `train.py`, the benchmarks) call `keep_freed_memory()`
-first, and a notebook or program may call it too.
+command-line tools (`sepconv interpolate`, `sepconv train`, the benchmarks) call
+`keep_freed_memory()` first, and a notebook or program may call it too.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 `Interpolator` runs a model on arrays (jit-compiled, any frame size). The network and its
 configuration (`SepConvNet`, `SepConvConfig`), the padding policies that make any frame size work
 (`sepconv_jax.network.padding`) and checkpoints with their metadata (`save_model`, `load_model`).
-Conventions (layout, value range, channel order, compute precision) are in `sepconv_jax.network.model`'s
-docstring.
+Conventions (layout, value range, channel order, compute precision) are in
+`sepconv_jax.network.model`'s docstring. The subpackages: `network`, `inference`, `evaluation`,
+`training` and `commands` (the `sepconv` command), in that order of imports.
 """
 
 from __future__ import annotations

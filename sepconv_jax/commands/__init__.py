@@ -34,8 +34,10 @@ SUBCOMMANDS = {
     "prepare": ("sepconv_data.prepare",
                 "build the training-patch cache from DAVIS-style folders and videos"),
     "train": ("sepconv_jax.commands.train", "train a model on a prepared cache"),
-    "export": ("sepconv_jax.commands.export", "a checkpoint as a compact model (float16 parameters)"),
-    "convert": ("sepconv_jax.commands.convert", "published PyTorch SepConv weights as a checkpoint"),
+    "export": ("sepconv_jax.commands.export",
+               "a checkpoint as a compact model (float16 parameters)"),
+    "convert": ("sepconv_jax.commands.convert",
+                "published PyTorch SepConv weights as a checkpoint"),
 }
 
 

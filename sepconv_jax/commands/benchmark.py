@@ -8,7 +8,8 @@
 
 Prints one row per item (PSNR, SSIM, seconds) and the means; `--json FILE` writes
 {"dataset", "model", "psnr", "ssim", "per_item": {...}, ...}. The metrics, layouts and timing are
-defined in `sepconv_jax.evaluation` (scoring, datasets, runner). Only parses arguments and prints: the work is there.
+defined in `sepconv_jax.evaluation` (scoring, datasets, runner). Only parses arguments and prints:
+the work is there.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def build_parser(prog: str = "sepconv benchmark") -> argparse.ArgumentParser:
                            "the work)")
   parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                       help="the network's compute precision (default: auto, the backend's "
-                           "default; see interpolate.py --help)")
+                           "default; see sepconv interpolate --help)")
   parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
   parser.add_argument("--gaussian-ssim", action="store_true",
                       help="also compute the 11x11-Gaussian ('MATLAB') SSIM")
@@ -150,11 +151,12 @@ def _predictor(args):
   """(predict, model name) for the parsed arguments; loads the model (imports jax) if needed."""
   if args.baseline:
     return scoring.BASELINES[args.baseline], f"baseline:{args.baseline}"
-  from sepconv_jax.inference import pipelines  # imports jax: only once inputs are known to be good  # pylint: disable=import-outside-toplevel
+  # Imports jax: only once the inputs are known to be good.
+  from sepconv_jax.inference import pipelines  # pylint: disable=import-outside-toplevel
   from pallas_kernels.allocator import keep_freed_memory  # pylint: disable=import-outside-toplevel
   keep_freed_memory()  # every frame reuses the previous frame's buffers
-  interpolator = pipelines.load_interpolator(args.model, padding=args.padding, ensemble=args.ensemble,
-                                       precision=args.precision)
+  interpolator = pipelines.load_interpolator(args.model, padding=args.padding,
+                                             ensemble=args.ensemble, precision=args.precision)
   return interpolator, os.fspath(args.model) if args.model else "default"
 
 

@@ -1,10 +1,10 @@
-"""`sepconv interpolate` (and `sepconv interpolate`): a pair of images, a folder of frames, or a video.
+"""`sepconv interpolate` (also `python interpolate.py`): a pair of images, a frame folder or a video.
 
   sepconv interpolate --pair one.png two.png --out middle.png [--factor 4]
   sepconv interpolate --frames frames/ --out frames_x2/
   sepconv interpolate --video clip.mp4 --out clip_2x.mp4 [--factor 2|4|8]
 
-Only parses arguments: the work is in `sepconv_jax.inference.pipelines`, `sepconv_jax.inference.media` (images),
+Only parses arguments: the work is in `sepconv_jax.inference`: `pipelines`, `media` (images),
 `sepconv_jax.inference.video` (PyAV) and `sepconv_jax.inference.scene` (scene cuts).
 """
 
@@ -16,7 +16,7 @@ import sys
 
 from sepconv_jax.commands import OneLineParser, add_version_argument, at_least
 
-# Mirrors sepconv_jax.inference.interpolator.FACTORS and sepconv_jax.inference.scene.DEFAULT_THRESHOLD, so that --help
+# Mirror sepconv_jax.inference.interpolator.FACTORS and .scene.DEFAULT_THRESHOLD, so that --help
 # and usage errors answer at once, before jax is imported.
 FACTORS = (2, 4, 8)
 DEFAULT_SCENE_THRESHOLD = 0.2
@@ -79,7 +79,7 @@ def build_parser(prog: str = "sepconv interpolate") -> argparse.ArgumentParser:
   source.add_argument("--video", metavar="FILE", help="a video file")
   parser.add_argument("--out", required=True, help="output image, folder or video (see below)")
   parser.add_argument("--model", metavar="CHECKPOINT",
-                      help="checkpoint directory (sepconv_jax.save_model or sepconv_jax.network.convert); "
+                      help="checkpoint directory (sepconv_jax.save_model, sepconv convert); "
                            "default: the project's default model")
   parser.add_argument("--factor", type=int, choices=FACTORS, default=2,
                       help="frame-rate multiplier (default: 2)")
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None, prog: str = "sepconv interpolate") -> in
   # Keep stderr to our own lines should any dependency pull in TensorFlow (as conftest.py does).
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
-    from sepconv_jax.inference import pipelines  # imports jax: only once the arguments are known to be good
+    # Imports jax: only once the arguments are known to be good.
+    from sepconv_jax.inference import pipelines  # pylint: disable=import-outside-toplevel
   except KeyboardInterrupt:  # Ctrl-C during the imports: nothing has been written yet
     print("error: interrupted", file=sys.stderr)
     return 130

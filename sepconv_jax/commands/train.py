@@ -31,7 +31,7 @@ import sys
 
 from sepconv_jax.commands import OneLineParser, add_version_argument, positive
 
-CONFIGS = ("default", "frame_average", "cpu", "tiny")  # mirrors sepconv_jax.training.configs.CONFIGS
+CONFIGS = ("default", "frame_average", "cpu", "tiny")  # mirrors training.configs.CONFIGS
 LOSSES = ("l1", "l2", "ssim", "vgg", "l1+vgg")  # mirrors sepconv_jax.training.losses.LOSSES
 
 
@@ -50,7 +50,8 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", choices=CONFIGS, default="default",
                  help="base configuration (default: %(default)s)")
-  p.add_argument("--data", metavar="DIR", help="prepared cache (sepconv prepare --out DIR; default: datasets/davis_tfds)")
+  p.add_argument("--data", metavar="DIR",
+                 help="prepared cache (sepconv prepare --out DIR; default: datasets/davis_tfds)")
   p.add_argument("--workdir", metavar="DIR",
                  help="checkpoints, TensorBoard events, samples and config.json go here "
                       "(default: runs/CONFIG-LOSS)")

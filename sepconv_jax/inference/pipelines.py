@@ -1,4 +1,4 @@
-"""The pipelines behind `interpolate.py`: a pair, a folder of frames or a video -> output files.
+"""The pipelines behind `sepconv interpolate`: a pair, a folder of frames or a video -> output files.
 
 Each pipeline takes an `Interpolator` and paths, returns a `Summary`, and writes its output under a
 temporary name next to the target that is renamed into place only when everything succeeded: an
@@ -454,7 +454,7 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
 
 
 # ------------------------------------------------------------------------------------------------
-# The command line (argument parsing lives in interpolate.py).
+# The command line (argument parsing lives in sepconv_jax.commands.interpolate).
 
 
 def load_interpolator(model: str | os.PathLike | None, *, padding: str,
@@ -499,7 +499,7 @@ def _raise_terminated(signum, frame):
 
 
 def run(args) -> int:
-  """Runs the pipeline chosen by the parsed arguments of interpolate.py; returns the exit status.
+  """Runs the pipeline chosen by the parsed arguments of `sepconv interpolate`; returns the status.
 
   Problems with the user's files, paths or model print one `error:` line on stderr (exit 1); an
   interrupt exits with 130, SIGTERM (which stops the work the same way) with 143. Either way no

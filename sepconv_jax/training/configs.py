@@ -25,7 +25,7 @@ Launch (a full run; the README has the whole recipe):
   sepconv train --config default --loss l1+vgg --nu 1e-5 --vgg-weights vgg19.pth \
       --init-from runs/default-l1/checkpoints/<best step>
 
-Flags of `train.py` override single fields (`with_overrides`), so a config here is the whole
+Flags of `sepconv train` override single fields (`with_overrides`), so a config here is the whole
 record of a run: it is written to `<workdir>/config.json` and compared on `--resume`.
 """
 

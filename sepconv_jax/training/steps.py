@@ -14,7 +14,7 @@ shard_map rather than automatic SPMD partitioning because the op's CPU kernel is
 call without a partitioning rule: under `jit` sharding XLA would all-gather the batch and run the
 op whole on every device. Every loss is a mean over equally sized per-device shards, so the mean
 of the per-device losses is the global loss. Several hosts: `jax.distributed.initialize()` first
-(`train.py --distributed`); each host reads its own share of the data
+(`sepconv train --distributed`); each host reads its own share of the data
 (`process_index`/`process_count`) and contributes `batch_size / process_count` examples per step
 through `jax.make_array_from_process_local_data`.
 """
@@ -40,7 +40,7 @@ from sepconv_jax.training.configs import TrainConfig
 
 DATA_AXIS = "data"
 class TrainingError(Exception):
-  """A problem with the run's inputs or work directory (reported as one line by train.py)."""
+  """A problem with the run's inputs or work directory (reported as one line by `sepconv train`)."""
 
 
 class NonFiniteLossError(TrainingError):
