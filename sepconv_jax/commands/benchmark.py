@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv benchmark") -> 
   try:
     return run(args)
   except (datasets.EvaluationError, media.MediaError, CheckpointError) as error:
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    print(f"error: {media.one_line(error)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print("error: interrupted", file=sys.stderr)

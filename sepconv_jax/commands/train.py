@@ -131,6 +131,7 @@ def main(argv=None, prog: str = "sepconv train") -> int:
     return 1
   from pallas_kernels.allocator import keep_freed_memory  # pylint: disable=import-outside-toplevel
   keep_freed_memory()  # each step reuses the previous step's buffers
+  from sepconv_jax.inference.media import one_line  # pylint: disable=import-outside-toplevel
   from sepconv_jax.training import configs, loop  # pylint: disable=import-outside-toplevel
   try:
     config = configs.get_config(args.config).with_overrides(
@@ -151,7 +152,7 @@ def main(argv=None, prog: str = "sepconv train") -> int:
     result = loop.train(config, args.workdir, resume=args.resume, init_from=args.init_from,
                         progress=not args.no_progress, distributed=args.distributed)
   except (ValueError, loop.TrainingError) as error:  # bad data (CacheError) and VGG files too
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    print(f"error: {one_line(error)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print("error: interrupted (the latest checkpoint is intact; continue with --resume)",

@@ -40,6 +40,11 @@ from sepconv_data.files import IMAGE_SUFFIXES, natural_key
 JPEG_QUALITY = 95
 
 
+def one_line(error: BaseException) -> str:
+  """An error's message on one line, as every command prints it after `error: `."""
+  return " ".join(str(error).split())
+
+
 class MediaError(Exception):
   """A frame or video that cannot be read or written; the message is one line for the user."""
 

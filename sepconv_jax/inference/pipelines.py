@@ -550,7 +550,7 @@ def _run(args, common: dict) -> int:
                                   overwrite=args.overwrite, allow_truncated=args.allow_truncated,
                                   crf=args.crf, lossless=args.lossless, **common)
   except (MediaError, CheckpointError) as error:
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    print(f"error: {media.one_line(error)}", file=sys.stderr)
     return 1
   except Exception as error:
     if not _is_out_of_memory(error):

@@ -33,7 +33,7 @@ import av
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
-from sepconv_jax.inference.media import MediaError
+from sepconv_jax.inference.media import MediaError, one_line
 
 # The containers written (H.264 in MP4/QuickTime/Matroska); any of sepconv_data.files's
 # VIDEO_SUFFIXES is read.
@@ -46,10 +46,6 @@ _FALLBACK_COLORSPACE = av.video.reformatter.Colorspace.ITU601  # FFmpeg's assump
 _Interpolation = av.video.reformatter.Interpolation
 _SCALER_FLAGS = (_Interpolation.BILINEAR | _Interpolation.ACCURATE_RND
                  | _Interpolation.FULL_CHR_H_INT)
-
-
-def _one_line(error: Exception) -> str:
-  return " ".join(str(error).split())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +106,7 @@ class VideoReader:
     try:
       self.container = av.open(name, "r")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
-      raise MediaError(f"{name}: not a readable video ({_one_line(error)})") from None
+      raise MediaError(f"{name}: not a readable video ({one_line(error)})") from None
     try:
       if not self.container.streams.video:
         raise MediaError(f"{name}: has no video stream")
@@ -185,9 +181,9 @@ class VideoReader:
           yield rgb, pts
     except av.error.FFmpegError as error:
       if not self.decoded:
-        raise MediaError(f"{name}: cannot decode ({_one_line(error)})") from None
+        raise MediaError(f"{name}: cannot decode ({one_line(error)})") from None
       # Frames decoded before the error are good: `truncation` reports it, the caller decides.
-      self._decode_error = _one_line(error)
+      self._decode_error = one_line(error)
 
   def declared_end_pts(self) -> int | None:
     """The video stream's end (its start time, else its first frame's pts, + its declared
@@ -294,7 +290,7 @@ class VideoWriter:
     try:
       self.container = av.open(self.name, "w", options=options)
     except (av.error.FFmpegError, OSError) as error:
-      raise MediaError(f"cannot write {self.name}: {_one_line(error)}") from None
+      raise MediaError(f"cannot write {self.name}: {one_line(error)}") from None
     try:
       codec = "libx264rgb" if lossless else video_codec()
       if codec not in av.codecs_available:
@@ -327,7 +323,7 @@ class VideoWriter:
                     for template in audio_templates}
     except av.error.FFmpegError as error:
       self.container.close()
-      raise MediaError(f"cannot set up {self.name}: {_one_line(error)}") from None
+      raise MediaError(f"cannot set up {self.name}: {one_line(error)}") from None
     except BaseException:
       self.container.close()
       raise
@@ -343,7 +339,7 @@ class VideoWriter:
     try:
       self.container.mux(packets)
     except av.error.FFmpegError as error:
-      raise MediaError(f"cannot write {self.name}: {_one_line(error)}") from None
+      raise MediaError(f"cannot write {self.name}: {one_line(error)}") from None
 
   def write(self, rgb: np.ndarray, pts: int) -> None:
     """Encodes one (H, W, 3) uint8 RGB frame shown from `pts` (in the writer's time base) on."""
@@ -373,4 +369,4 @@ class VideoWriter:
         self.container.close()
       except av.error.FFmpegError as error:
         if flush:
-          raise MediaError(f"cannot finish {self.name}: {_one_line(error)}") from None
+          raise MediaError(f"cannot finish {self.name}: {one_line(error)}") from None
