@@ -602,6 +602,25 @@ def test_lossless_keeps_frames_exactly_and_crf_sets_the_quality(interpolator, tm
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_sixteen_bit_png_sequences_stay_sixteen_bit(tiny_model, tmp_path, capsys):
+  source = tmp_path / "in16"
+  source.mkdir()
+  rng = np.random.default_rng(0)
+  inputs = [frame.astype(np.uint16) * 257 + rng.integers(0, 257, frame.shape, dtype=np.uint16)
+            for frame in pattern_frames(3)]
+  for number, frame in enumerate(inputs):
+    assert cv2.imwrite(str(source / f"{number}.png"), frame[:, :, ::-1])
+  out = tmp_path / "out16"
+  code, _, err = run_main(capsys, "--frames", source, "--out", out, "--model", tiny_model)
+  assert code == 0, err
+  written = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[:, :, ::-1]
+             for path in sorted(out.iterdir())]
+  assert len(written) == 5 and all(frame.dtype == np.uint16 for frame in written)
+  assert all(np.array_equal(a, b) for a, b in zip(written[::2], inputs))  # kept exactly
+  # The in-between frames use the 16 bits: not all multiples of 257 (8-bit values widened).
+  assert np.any(written[1] % 257)
+
+
 def test_bad_folders(tiny_model, tmp_path, capsys):
   source = tmp_path / "in"
   source.mkdir()

@@ -39,8 +39,9 @@ outputs:
             A video that decodes to fewer frames (or a shorter span) than it declares is an
             error unless --allow-truncated.
 
-images: grey is expanded to RGB, 16-bit is rounded to 8-bit, an alpha channel is dropped when
-  fully opaque; images with transparent pixels are refused.
+images: grey is expanded to RGB, 16-bit is rounded to 8-bit (a --frames sequence of 16-bit
+  PNG/TIFF stays 16-bit), an alpha channel is dropped when fully opaque; images with transparent
+  pixels are refused.
 scene cuts: where the two frames' colour histograms differ by more than --scene-threshold (total
   variation distance of 8x8x8-bin RGB histograms, 0..1), the in-between frames repeat the first
   frame instead of morphing; 1 turns the test off.

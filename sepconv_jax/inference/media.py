@@ -11,7 +11,9 @@ Conventions
                                               transparency, and what lies under transparent pixels
                                               is arbitrary);
              16-bit samples                -> 8-bit by rounding (x / 257, the exact map of
-                                              0..65535 onto 0..255), since the output is 8-bit;
+                                              0..65535 onto 0..255), or kept as uint16 with
+                                              `read_image(path, keep_16bit=True)` (frame
+                                              sequences of 16-bit PNG/TIFF stay 16-bit);
              other sample types (float HDR, 32-bit integers) -> refused.
            EXIF orientation is not applied (both frames of a pair are read the same way, and the
            output keeps the stored pixel layout).
@@ -56,8 +58,9 @@ def _display(path: str | os.PathLike) -> str:
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-  """Reads an image file as (H, W, 3) uint8 RGB, converting or refusing as the module says."""
+def read_image(path: str | os.PathLike, *, keep_16bit: bool = False) -> np.ndarray:
+  """Reads an image file as (H, W, 3) uint8 RGB, converting or refusing as the module says;
+  with `keep_16bit`, a 16-bit file gives uint16 RGB instead (8-bit files still give uint8)."""
   path = pathlib.Path(path)
   try:
     # np.fromfile + imdecode: works for any path (cv2.imread fails silently on non-ASCII names).
@@ -83,29 +86,33 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     cv2.utils.logging.setLogLevel(level)
   if image is None:
     raise MediaError(f"{_display(path)}: not a readable image (unknown format or damaged file)")
+  if keep_16bit and image.dtype == np.uint16:
+    return to_rgb8(image, name=_display(path), order="BGR", keep_16bit=True)
   return to_rgb8(image, name=_display(path), order="BGR")
 
 
-def to_rgb8(image: np.ndarray, *, name: str = "image", order: str = "RGB") -> np.ndarray:
+def to_rgb8(image: np.ndarray, *, name: str = "image", order: str = "RGB",
+            keep_16bit: bool = False) -> np.ndarray:
   """Any 2D/3D image array -> (H, W, 3) uint8 RGB, by the module's rules.
 
   Args:
     image: (H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4); uint8 or uint16.
     name: How to call the image in error messages.
     order: Channel order of colour images: "BGR" (as OpenCV decodes) or "RGB".
+    keep_16bit: Give uint16 images back as uint16 (full opacity is then alpha 65535).
   """
   if image.ndim == 2:
     image = image[:, :, None]
   if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4) or min(image.shape[:2]) < 1:
     raise MediaError(f"{name}: unsupported image shape {image.shape}")
-  if image.dtype == np.uint16:
+  if image.dtype == np.uint16 and not keep_16bit:
     image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(x / 257)
-  elif image.dtype != np.uint8:
+  elif image.dtype not in (np.uint8, np.uint16):
     raise MediaError(f"{name}: unsupported sample type {image.dtype} (8- or 16-bit images only)")
   channels = image.shape[2]
   if channels in (2, 4):
     alpha = image[:, :, -1]
-    if alpha.min() < 255:
+    if alpha.min() < np.iinfo(image.dtype).max:
       raise MediaError(f"{name}: has transparent pixels (alpha channel); flatten it onto a "
                        "background first, the output has no transparency")
     image = image[:, :, :-1]
@@ -125,7 +132,8 @@ def check_image_suffix(path: str | os.PathLike) -> None:
 
 
 def encode_image(image: np.ndarray, suffix: str) -> bytes:
-  """(H, W, 3) uint8 RGB -> the bytes of an image file of type `suffix` (e.g. ".png")."""
+  """(H, W, 3) uint8 (or, for PNG and TIFF, uint16) RGB -> the bytes of an image file of type
+  `suffix` (e.g. ".png")."""
   params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if suffix.lower() in (".jpg", ".jpeg") else []
   try:
     ok, encoded = cv2.imencode(suffix, np.ascontiguousarray(image[:, :, ::-1]), params)

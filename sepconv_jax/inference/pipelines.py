@@ -142,15 +142,28 @@ def _in_betweens(interpolator: Interpolator, pairs: Sequence[tuple[np.ndarray, n
     chunk += [chunk[-1]] * (shape - used)
     first = np.stack([pair[0] for pair in chunk])
     second = np.stack([pair[1] for pair in chunk])
+    sixteen = first.dtype == np.uint16  # 16-bit frames: through the network as float, back
+    if sixteen:
+      first, second = (a.astype(np.float32) / 65535.0 for a in (first, second))
     frames = interpolator.multiply(first, second, factor)  # factor-1 arrays of (B, H, W, 3)
+    if sixteen:
+      frames = [np.round(np.clip(f, 0.0, 1.0) * 65535.0).astype(np.uint16) for f in frames]
     results += [[np.asarray(frame[b]) for frame in frames] for b in range(used)]
   return results
+
+
+def _as_uint8(frame: np.ndarray) -> np.ndarray:
+  """uint8 as is; uint16 rounded to 8 bits (the scene-cut test's histograms are 8-bit)."""
+  if frame.dtype == np.uint16:
+    return ((frame.astype(np.uint32) + 128) // 257).astype(np.uint8)
+  return frame
 
 
 def interpolate_sequence(interpolator: Interpolator, frames: Iterable[np.ndarray], *,
                          factor: int = 2, threshold: float = scene.DEFAULT_THRESHOLD,
                          batch_size: int = 1) -> Iterator[Step]:
-  """Yields the output frames for a sequence of (H, W, 3) uint8 RGB frames, in time order.
+  """Yields the output frames for a sequence of (H, W, 3) uint8 (or uint16) RGB frames, in time
+  order.
 
   Each input frame, then the factor-1 frames between it and the next (interpolated, or copies of
   it at a scene cut); the last input frame last. Frames are consumed lazily: at most about
@@ -173,7 +186,7 @@ def interpolate_sequence(interpolator: Interpolator, frames: Iterable[np.ndarray
   previous = previous_histogram = None
   index = -1
   for index, frame in enumerate(frames):
-    histogram = scene.joint_histogram(frame)
+    histogram = scene.joint_histogram(_as_uint8(frame))
     if previous is not None:
       cut = scene.histogram_distance(previous_histogram, histogram) > threshold
       pending.append((index - 1, previous, frame, cut))
@@ -309,6 +322,10 @@ def check_folder(source, out) -> list[pathlib.Path]:
   return paths
 
 
+# Image formats whose 16-bit frames are kept 16-bit by `interpolate_folder`.
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
+
+
 def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int = 2,
                        threshold: float = scene.DEFAULT_THRESHOLD, batch_size: int | None = None,
                        progress: bool = True) -> Summary:
@@ -321,14 +338,19 @@ def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int =
   suffix = paths[0].suffix.lower()
   total = factor * (len(paths) - 1) + 1
   width = max(6, len(str(total - 1)))
-  first = media.read_image(paths[0])
+  # 16-bit PNG/TIFF sequences stay 16-bit (frames keep their depth; 8-bit ones among them are
+  # widened); everything else is 8-bit.
+  first = media.read_image(paths[0], keep_16bit=suffix in SIXTEEN_BIT_SUFFIXES)
+  sixteen = first.dtype == np.uint16
   if batch_size is None:
     batch_size = auto_batch_size(interpolator, *first.shape[:2])
 
   def frames() -> Iterator[np.ndarray]:
     yield first
     for path in paths[1:]:
-      frame = media.read_image(path)
+      frame = media.read_image(path, keep_16bit=sixteen)
+      if sixteen and frame.dtype == np.uint8:
+        frame = frame.astype(np.uint16) * 257
       _same_size(frame, first, path.name, paths[0].name)
       yield frame
 
