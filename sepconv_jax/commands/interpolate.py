@@ -35,7 +35,7 @@ outputs:
   --video   fps exactly factor x the input's, every input frame kept, factor*N frames (the last
             frame is held for factor-1 extra frames so that the duration matches the input),
             audio streams copied without re-encoding. H.264 (CRF 18, preset medium; --crf,
-            --lossless), .mp4/.m4v/.mov/.mkv.
+            --lossless), 10-bit for 10-bit input, .mp4/.m4v/.mov/.mkv.
             A video that decodes to fewer frames (or a shorter span) than it declares is an
             error unless --allow-truncated.
 

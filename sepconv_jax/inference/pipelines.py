@@ -459,8 +459,8 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
       if truncation and not allow_truncated:
         raise MediaError(f"{truncation}; --allow-truncated writes the frames that decode")
       notes = [truncation] if truncation else []
-      if info.bit_depth > 8:  # frames go through 8-bit RGB (the network's input) and H.264 8-bit
-        notes.append(f"the input is {info.bit_depth}-bit, the output 8-bit")
+      if info.bit_depth > writer.bit_depth:  # --lossless (8-bit RGB) or no libx264
+        notes.append(f"the input is {info.bit_depth}-bit, the output {writer.bit_depth}-bit")
       summary.warning = "; ".join(notes)
       # Hold the last frame until the stream's declared end, else (Matroska, or a declared end
       # before the last frame, as B-frame edit lists give variable-rate MP4s) for the average

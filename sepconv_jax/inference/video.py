@@ -151,12 +151,14 @@ class VideoReader:
   def frames(self, audio_sink: Callable[[av.Packet], None] | None = None
              ) -> Iterator[tuple[np.ndarray, int]]:
     """Yields (rgb, pts) in presentation order; audio packets go to `audio_sink` in file order.
+    `rgb` is (H, W, 3) uint8, or uint16 (0..65535) for a video of more than 8 bits per sample.
 
     Frames without a timestamp, or whose timestamp does not increase, are placed one nominal
     frame duration after the previous one.
     """
     info, name = self.info, os.fspath(self.path)
     nominal = max(1, round(1 / (info.average_rate * info.time_base)))
+    rgb_format = "rgb48le" if info.bit_depth > 8 else "rgb24"  # uint16 frames for 10-bit video
     previous_pts = None
     streams = [self.stream] + (self.audio_streams if audio_sink else [])
     try:
@@ -176,7 +178,7 @@ class VideoReader:
           self.decoded += 1
           self._first_pts = pts if self._first_pts is None else self._first_pts
           self._last_pts = pts
-          rgb = frame.to_ndarray(format="rgb24", src_colorspace=info.colour.matrix,
+          rgb = frame.to_ndarray(format=rgb_format, src_colorspace=info.colour.matrix,
                                  src_color_range=info.colour.range, interpolation=_SCALER_FLAGS)
           yield rgb, pts
     except av.error.FFmpegError as error:
@@ -299,8 +301,11 @@ class VideoWriter:
       context = self.stream.codec_context
       context.width, context.height = info.width, info.height
       odd = info.width % 2 or info.height % 2
+      deep = info.bit_depth > 8 and codec == "libx264"  # 10-bit in, 10-bit H.264 out
       context.pix_fmt = ("rgb24" if lossless else
-                         "yuv444p" if odd and codec == "libx264" else "yuv420p")
+                         ("yuv444p" if odd and codec == "libx264" else "yuv420p")
+                         + ("10le" if deep else ""))
+      self.bit_depth = 10 if deep else 8
       if odd and codec != "libx264":
         raise MediaError(f"cannot encode {info.width}x{info.height} with {codec} (odd size)")
       context.time_base = time_base
@@ -342,8 +347,13 @@ class VideoWriter:
       raise MediaError(f"cannot write {self.name}: {one_line(error)}") from None
 
   def write(self, rgb: np.ndarray, pts: int) -> None:
-    """Encodes one (H, W, 3) uint8 RGB frame shown from `pts` (in the writer's time base) on."""
-    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    """Encodes one (H, W, 3) uint8 (or uint16) RGB frame shown from `pts` (in the writer's time
+    base) on."""
+    if rgb.dtype == np.uint16 and self.bit_depth == 8:  # a 10-bit input into an 8-bit output
+      rgb = ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    # Contiguous: decoded 16-bit frames are views with padded rows, which from_ndarray misreads.
+    rgb = np.ascontiguousarray(rgb)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
     if self.pix_fmt != "rgb24":
       frame = frame.reformat(format=self.pix_fmt, dst_colorspace=self.colour.matrix,
                              dst_color_range=self.colour.range, interpolation=_SCALER_FLAGS)
