@@ -643,6 +643,35 @@ def test_sixteen_bit_png_sequences_stay_sixteen_bit(tiny_model, tmp_path, capsys
   assert np.any(written[1] % 257)
 
 
+def test_kept_frames_colour_error_on_saturated_edges(tmp_path):
+  """The colour path alone (decode -> RGB -> encode at the default CRF 18 -> decode) on a test
+  pattern of saturated patches and gradients. Measured: 2.53 levels mean (a plain YUV re-encode
+  at CRF 18: 1.27; the shipped clip: 1.44, a smooth pattern: 1.17). The issue's target is 1.5
+  everywhere: the RGB round trip's second 4:2:0 subsampling is what is left. This guards the
+  current figure."""
+  y, x = np.mgrid[0:180, 0:320]
+  frames = []
+  for t in range(4):
+    frame = np.stack([(x * 255 // 320 + 3 * t) % 256, y * 255 // 180,
+                      ((x + y) * 255 // 500 + 128) % 256], axis=-1).astype(np.uint8)
+    frame[40:90, 40:140] = (255, 0, 0)
+    frame[90:140, 150:250] = (0, 255, 0)
+    frame[20:70, 220:300] = (0, 0, 255)
+    frames.append(frame)
+  source = tmp_path / "pattern.mp4"
+  write_video(source, frames)
+  with video.VideoReader(source) as reader:
+    info = reader.info
+    decoded = [rgb for rgb, _ in reader.frames()]
+  out = tmp_path / "again.mp4"
+  with video.VideoWriter(out, info, rate=info.average_rate, time_base=1 / info.average_rate) as w:
+    for index, frame in enumerate(decoded):
+      w.write(frame, index)
+  again = probe(out)["frames"]
+  error = np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(again, decoded)])
+  assert error < 2.8, error
+
+
 def test_bad_folders(tiny_model, tmp_path, capsys):
   source = tmp_path / "in"
   source.mkdir()
