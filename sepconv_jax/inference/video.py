@@ -351,7 +351,7 @@ class VideoWriter:
     base) on."""
     if rgb.dtype == np.uint16 and self.bit_depth == 8:  # a 10-bit input into an 8-bit output
       rgb = ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    # Contiguous: decoded 16-bit frames are views with padded rows, which from_ndarray misreads.
+    # from_ndarray copies the buffer as packed rows: give it one (slices of a batch may not be).
     rgb = np.ascontiguousarray(rgb)
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
     if self.pix_fmt != "rgb24":
