@@ -11,7 +11,7 @@ Storage: each example holds `x0`, `y`, `x1` as raw uint8 tensors (P, P, 3), RGB,
 codec: decoding is a `tf.io.decode_raw`, far cheaper than PNG, and lossless (JPEG would put its
 artefacts into the targets). That costs P*P*9 bytes per example (202.5 kB at P = 150). Alongside:
 `flow` (the patch's mean optical-flow magnitude x0 -> x1, in pixels), `sequence`, `frame` (index
-of y), `top`, `left`.
+of y), `top`, `left`, `gap` (x0 and x1 are frames `frame - gap` and `frame + gap`).
 
 Caching: `download_and_prepare` writes into a temporary folder that TFDS renames only when every
 split is complete, so an interrupted run leaves nothing that would be loaded; a prepared folder is
@@ -162,6 +162,7 @@ class SepconvTriplets(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "frame": tfds.features.Scalar(np.int32, doc="index of y in its sequence"),
             "top": tfds.features.Scalar(np.int32),
             "left": tfds.features.Scalar(np.int32),
+            "gap": tfds.features.Scalar(np.int32, doc="x0, x1 are frames frame -/+ gap"),
         }),
         supervised_keys=None,
         metadata=tfds.core.MetadataDict(),
@@ -205,7 +206,8 @@ class SepconvTriplets(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       for patch in result.patches:
         yield patch.key, {"x0": patch.x0, "y": patch.y, "x1": patch.x1,
                           "flow": np.float32(patch.flow), "sequence": patch.sequence,
-                          "frame": patch.frame, "top": patch.top, "left": patch.left}
+                          "frame": patch.frame, "top": patch.top, "left": patch.left,
+                          "gap": patch.gap}
     if totals.patches == 0:
       raise CacheError(f"no patch kept in the {split} split ({totals.triplets} triplets seen, "
                        f"{totals.cuts} cuts, {totals.too_small} too small, "

@@ -1,7 +1,10 @@
 """Triplets from sequences: jump-cut rejection, optical flow, motion-weighted patch selection.
 
-For each three consecutive frames (x0, y, x1) of a sequence:
-  1. Jump cuts. The triplet is rejected when either neighbouring pair differs by more than
+For each three frames (x0, y, x1) = (t - g, t, t + g) of a sequence, for each frame gap g in
+`gaps` (default 1: three consecutive frames; gap 2 doubles the motion, which is what a model needs
+to see to follow 20-40 px displacements in 480p frames):
+  1. Jump cuts. The triplet is rejected when any pair of consecutive frames inside its span
+     (t - g ... t + g; for g = 1, either neighbouring pair) differs by more than
      `cut_threshold` in RGB histogram: the total-variation distance (half the L1 distance, in
      [0, 1]) between the joint RGB histograms with `hist_bins` bins per channel. Measured on the
      shared data (14 DAVIS sequences, 9 clips, 8 bins): consecutive frames of one shot stay below
@@ -26,7 +29,7 @@ For each three consecutive frames (x0, y, x1) of a sequence:
      for low motion.
 
 Determinism: every triplet draws from its own generator, `numpy.random.default_rng((seed,
-crc32(sequence name), middle frame index))`, so the result does not depend on the order in which
+crc32(sequence name), middle frame index))` for gap 1 (with the gap appended for larger gaps), so the result does not depend on the order in which
 sequences are processed, on the number of worker processes, or on which other sequences exist.
 Sequences are processed in parallel in spawned worker processes (OpenCV and NumPy only, one
 OpenCV thread each).
@@ -63,12 +66,15 @@ class ExtractConfig:
   flow_downscale: int = 2
   max_height: int | None = 480
   seed: int = 0
+  gaps: tuple[int, ...] = (1,)  # frame gaps g of the triplets (t - g, t, t + g)
 
   def __post_init__(self):
     patch_size, patches_tried, max_patches = self.patch_size, self.patches_tried, self.max_patches
     hist_bins, cut_threshold, flow_scale = self.hist_bins, self.cut_threshold, self.flow_scale
     min_flow, keep_floor, flow_downscale = self.min_flow, self.keep_floor, self.flow_downscale
-    max_height = self.max_height
+    max_height, gaps = self.max_height, self.gaps
+    if not gaps or any(int(g) != g or g < 1 for g in gaps) or len(set(gaps)) != len(gaps):
+      raise ValueError(f"{gaps=} must be distinct positive integers")
     if patch_size < 1:
       raise ValueError(f"{patch_size=} must be positive")
     if patches_tried < 1 or max_patches < 1:
@@ -122,10 +128,12 @@ class Patch:
   top: int
   left: int
   index: int       # rank among the triplet's kept patches
+  gap: int = 1     # x0 and x1 are frames frame - gap and frame + gap
 
   @property
   def key(self) -> str:
-    return f"{self.sequence}/{self.frame:06d}/{self.index:02d}"
+    gap = "" if self.gap == 1 else f"g{self.gap}/"
+    return f"{self.sequence}/{self.frame:06d}/{gap}{self.index:02d}"
 
 
 @dataclasses.dataclass
@@ -151,8 +159,9 @@ def sequence_key(name: str) -> int:
   return zlib.crc32(name.encode("utf-8"))
 
 
-def triplet_rng(seed: int, sequence: str, frame: int) -> np.random.Generator:
-  return np.random.default_rng((seed, sequence_key(sequence), frame))
+def triplet_rng(seed: int, sequence: str, frame: int, gap: int = 1) -> np.random.Generator:
+  entropy = (seed, sequence_key(sequence), frame) + ((gap,) if gap != 1 else ())
+  return np.random.default_rng(entropy)
 
 
 def select_patches(flow_mag: np.ndarray, height: int, width: int, rng: np.random.Generator,
@@ -184,12 +193,15 @@ def select_patches(flow_mag: np.ndarray, height: int, width: int, rng: np.random
 
 
 def extract_triplet(frames: tuple[np.ndarray, np.ndarray, np.ndarray], *, sequence: str,
-                    frame: int, config: ExtractConfig, histograms: tuple | None = None
+                    frame: int, config: ExtractConfig, histograms: tuple | None = None,
+                    gap: int = 1, span_distance: float | None = None
                     ) -> tuple[list[Patch], Counts]:
-  """Patches of one triplet (x0, y, x1); `frame` is the index of y in its sequence.
+  """Patches of one triplet (x0, y, x1) = frames (frame - gap, frame, frame + gap) of `sequence`.
 
-  `histograms` optionally gives the three frames' `joint_histogram`s (computed once per frame by
-  `extract_sequence`).
+  `span_distance` is the largest histogram distance between consecutive frames of the span (as
+  `extract_sequence` computes it, each frame's histogram once); without it, the distances
+  between the three given frames are used (`histograms`, optionally, are their
+  `joint_histogram`s).
   """
   x0, y, x1 = frames
   counts = Counts(triplets=1)
@@ -197,12 +209,14 @@ def extract_triplet(frames: tuple[np.ndarray, np.ndarray, np.ndarray], *, sequen
   if height < config.patch_size or width < config.patch_size:
     counts.too_small = 1
     return [], counts
-  h0, h1, h2 = histograms or [joint_histogram(f, config.hist_bins) for f in frames]
-  if max(histogram_distance(h0, h1), histogram_distance(h1, h2)) > config.cut_threshold:
+  if span_distance is None:
+    h0, h1, h2 = histograms or [joint_histogram(f, config.hist_bins) for f in frames]
+    span_distance = max(histogram_distance(h0, h1), histogram_distance(h1, h2))
+  if span_distance > config.cut_threshold:
     counts.cuts = 1
     return [], counts
   flow_mag = flow.flow_magnitude(x0, x1, downscale=config.flow_downscale)
-  rng = triplet_rng(config.seed, sequence, frame)
+  rng = triplet_rng(config.seed, sequence, frame, gap)
   size = config.patch_size
   patches = []
   for index, (top, left, mean_flow) in enumerate(
@@ -210,7 +224,7 @@ def extract_triplet(frames: tuple[np.ndarray, np.ndarray, np.ndarray], *, sequen
     window = (slice(top, top + size), slice(left, left + size))
     patches.append(Patch(x0=x0[window].copy(), y=y[window].copy(), x1=x1[window].copy(),
                          flow=mean_flow, sequence=sequence, frame=frame, top=top, left=left,
-                         index=index))
+                         index=index, gap=gap))
   if patches:
     counts.kept, counts.patches = 1, len(patches)
   else:
@@ -219,20 +233,30 @@ def extract_triplet(frames: tuple[np.ndarray, np.ndarray, np.ndarray], *, sequen
 
 
 def extract_sequence(sequence: sources.Sequence, config: ExtractConfig) -> SequenceResult:
-  """All patches of one sequence; a sequence that fails to decode reports its error instead."""
+  """All patches of one sequence; a sequence that fails to decode reports its error instead.
+
+  Frames stream through a window of the last 2 * max(gaps) + 1; the triplet of gap g with its
+  last frame at index i has its middle at i - g.
+  """
   patches, counts = [], Counts()
-  window, histograms = [], []
+  span = 2 * max(config.gaps) + 1
+  window, previous_histogram, distances = [], None, []  # distances[j]: window[j] to window[j+1]
   try:
     frames = sources.iter_frames(sequence, max_height=config.max_height)
     for index, frame in enumerate(frames, start=sequence.start):  # index in the whole source
-      window = [*window[-2:], frame]
-      histograms = [*histograms[-2:], joint_histogram(frame, config.hist_bins)]
-      if len(window) == 3:
-        if window[0].shape != window[1].shape or window[1].shape != window[2].shape:
-          raise OSError(f"frame size changes at frame {index} of {sequence.name}")
-        new_patches, new_counts = extract_triplet(tuple(window), sequence=sequence.name,
-                                                  frame=index - 1, config=config,
-                                                  histograms=tuple(histograms))
+      if window and window[-1].shape != frame.shape:
+        raise OSError(f"frame size changes at frame {index} of {sequence.name}")
+      histogram = joint_histogram(frame, config.hist_bins)
+      if previous_histogram is not None:
+        distances = [*distances, histogram_distance(previous_histogram, histogram)][-(span - 1):]
+      window, previous_histogram = [*window[-(span - 1):], frame], histogram
+      for gap in config.gaps:
+        if len(window) < 2 * gap + 1:
+          continue
+        new_patches, new_counts = extract_triplet(
+            (window[-1 - 2 * gap], window[-1 - gap], window[-1]), sequence=sequence.name,
+            frame=index - gap, config=config, gap=gap,
+            span_distance=max(distances[-2 * gap:]))
         patches += new_patches
         counts += new_counts
   except OSError as error:

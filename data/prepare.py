@@ -40,6 +40,16 @@ def _positive_int(text):
   return value
 
 
+def _gaps(text):
+  try:
+    gaps = tuple(int(g) for g in text.split(","))
+  except ValueError:
+    gaps = ()
+  if not gaps or min(gaps) < 1 or len(set(gaps)) != len(gaps):
+    raise argparse.ArgumentTypeError(f"must be distinct positive integers like 1,2, got {text}")
+  return gaps
+
+
 def build_parser(prog: str = "sepconv prepare") -> argparse.ArgumentParser:
   defaults = extract.ExtractConfig()
   p = _Parser(prog=prog, description=__doc__.split("\n\n")[0],
@@ -68,6 +78,9 @@ def build_parser(prog: str = "sepconv prepare") -> argparse.ArgumentParser:
   p.add_argument("--max-height", type=int, default=defaults.max_height,
                  help="shrink taller frames to this height; 0 keeps every frame's size")
   p.add_argument("--seed", type=int, default=defaults.seed)
+  p.add_argument("--gaps", type=_gaps, default=defaults.gaps, metavar="G[,G...]",
+                 help="frame gaps of the triplets (t-g, t, t+g): 1,2 adds triplets of twice the "
+                      "motion")
   p.add_argument("--validation-fraction", type=float, default=0.15,
                  help="fraction of sequences (not frames) held out for validation")
   p.add_argument("--validation-sequences", default="", metavar="NAMES",
@@ -96,7 +109,8 @@ def main(argv: list[str] | None = None, prog: str = "sepconv prepare") -> int:
         patch_size=args.patch_size, patches_tried=args.patches_tried,
         max_patches=args.max_patches, hist_bins=args.hist_bins, cut_threshold=args.cut_threshold,
         flow_scale=args.flow_scale, min_flow=args.min_flow, keep_floor=args.keep_floor,
-        flow_downscale=args.flow_downscale, max_height=args.max_height or None, seed=args.seed)
+        flow_downscale=args.flow_downscale, max_height=args.max_height or None, seed=args.seed,
+        gaps=args.gaps)
   except ValueError as error:
     parser.error(str(error))
   for source in args.source:

@@ -199,7 +199,51 @@ def test_extraction_on_real_davis_sequences(shared_data, tmp_path):
       (p.top, p.left) for p in results[found[0].name].patches]
 
 
+def test_frame_gaps_add_triplets_of_twice_the_motion(shared_data, tmp_path):
+  _link_frames(shared_data, "motocross-jump", range(6), tmp_path / "JPEGImages" / "480p" / "moto")
+  sequence, = sources.discover_sequences(tmp_path)
+  frames = list(sources.iter_frames(sequence))
+  plain = extract.extract_sequence(sequence, extract.ExtractConfig())
+  both = extract.extract_sequence(sequence, extract.ExtractConfig(gaps=(1, 2)))
+  assert plain.counts.triplets == 4 and both.counts.triplets == 4 + 2
+  # Gap 1 is unchanged by adding gap 2 (same keys, same crops).
+  gap1 = [p for p in both.patches if p.gap == 1]
+  assert [(p.key, p.top, p.left) for p in gap1] == [(p.key, p.top, p.left) for p in plain.patches]
+  gap2 = [p for p in both.patches if p.gap == 2]
+  assert gap2 and {p.frame for p in gap2} <= {2, 3}
+  assert all("/g2/" in p.key for p in gap2) and len({p.key for p in both.patches}) == len(
+      both.patches)
+  for patch in gap2:
+    window = (slice(patch.top, patch.top + 150), slice(patch.left, patch.left + 150))
+    np.testing.assert_array_equal(patch.x0, frames[patch.frame - 2][window])
+    np.testing.assert_array_equal(patch.y, frames[patch.frame][window])
+    np.testing.assert_array_equal(patch.x1, frames[patch.frame + 2][window])
+  # Twice the gap, about twice the motion.
+  assert np.mean([p.flow for p in gap2]) > 1.5 * np.mean([p.flow for p in gap1])
+
+
+def test_a_cut_inside_a_wide_span_rejects_the_triplet(tmp_path):
+  # Five frames of one moving texture, frame 3 replaced by a dark one (a flash cut): the gap-2
+  # triplet (0, 2, 4) has continuous frames of its own but a cut inside its span, so it is
+  # rejected like the gap-1 triplets (1, 2, 3) and (2, 3, 4); only (0, 1, 2) survives.
+  frames = _texture_frames(5, 200, 200, shift=4)
+  frames[3] = frames[3] // 4
+  folder = tmp_path / "flash"
+  folder.mkdir()
+  for i, frame in enumerate(frames):
+    cv2.imwrite(str(folder / f"{i:05d}.png"), frame)
+  sequence, = sources.discover_sequences(tmp_path)
+  result = extract.extract_sequence(sequence, extract.ExtractConfig(gaps=(1, 2)))
+  assert result.error is None
+  assert result.counts.triplets == 4 and result.counts.cuts == 3
+  assert {(p.frame, p.gap) for p in result.patches} == {(1, 1)}
+
+
 def test_config_validation_names_the_bad_value():
+  with pytest.raises(ValueError, match="gaps"):
+    extract.ExtractConfig(gaps=(1, 1))
+  with pytest.raises(ValueError, match="gaps"):
+    extract.ExtractConfig(gaps=(0,))
   with pytest.raises(ValueError, match="max_patches=40"):
     extract.ExtractConfig(max_patches=40)
   with pytest.raises(ValueError, match="cut_threshold"):

@@ -437,20 +437,25 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
                            audio_templates=reader.audio_streams, crf=crf,
                            lossless=lossless) as writer:
 
+      decoded = {}  # input index -> the decoder's frame, for the frames still in flight
+
       def frames() -> Iterator[np.ndarray]:
-        for index, (rgb, pts) in enumerate(reader.frames(audio_sink=writer.mux_audio)):
-          times[index] = pts
+        for index, (rgb, pts, frame) in enumerate(
+            reader.frames(audio_sink=writer.mux_audio, with_decoded=True)):
+          times[index], decoded[index] = pts, frame
           yield rgb
 
       last = None
       with Progress(info.frame_count, out.name, progress) as bar:
         for step in interpolate_sequence(interpolator, _counted(frames(), bar), factor=factor,
                                          threshold=threshold, batch_size=batch_size):
-          writer.write(step.frame, tick(step.index, fractions.Fraction(step.fraction, factor)))
+          # Kept and repeated frames are input frames: the writer can encode their decoded YUV.
+          writer.write(step.frame, tick(step.index, fractions.Fraction(step.fraction, factor)),
+                       decoded=None if step.kind == "new" else decoded[step.index])
           summary.count(step)
           if step.fraction == 0:
             for old in [key for key in times if key < step.index - 1]:
-              del times[old]
+              del times[old], decoded[old]
           last = step
       if summary.inputs < 2:
         raise MediaError(f"{os.fspath(reader.path)}: has {summary.inputs} decodable frame(s); "
@@ -469,7 +474,8 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
       times[last.index + 1] = (end if end is not None and end > times[last.index] else
                                times[last.index] + 1 / (info.average_rate * info.time_base))
       for fraction in range(1, factor):
-        writer.write(last.frame, tick(last.index, fractions.Fraction(fraction, factor)))
+        writer.write(last.frame, tick(last.index, fractions.Fraction(fraction, factor)),
+                     decoded=decoded[last.index])
         summary.held += 1
   summary.seconds = time.perf_counter() - start
   return summary

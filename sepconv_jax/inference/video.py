@@ -12,6 +12,12 @@ Conventions
               its default fast path darkens every decoded frame by about 1.1 levels of 255
               (measured on sam2_01_dog, BT.709), which a round trip would then add to every kept
               frame; with these flags the bias is under 0.01 levels at the same speed.
+              Kept frames skip the round trip altogether where they can: the writer encodes the
+              decoded YUV frame itself when its pixel format is the output's (8-bit 4:2:0 into
+              8-bit 4:2:0, 10-bit into 10-bit), so a kept frame loses only what the encoder
+              loses, as in a plain re-encode; RGB -> YUV conversion (a second chroma
+              subsampling, which costs up to twice the error on saturated edges) is for the
+              interpolated frames.
   Video out   H.264 (libx264, CRF 18, preset "medium", yuv420p; yuv444p when a side is odd, which
               4:2:0 cannot hold) when the bundled FFmpeg has libx264, else MPEG-4 Part 2 at a fixed
               high quality. Containers: .mp4, .m4v, .mov, .mkv.
@@ -46,6 +52,9 @@ _FALLBACK_COLORSPACE = av.video.reformatter.Colorspace.ITU601  # FFmpeg's assump
 _Interpolation = av.video.reformatter.Interpolation
 _SCALER_FLAGS = (_Interpolation.BILINEAR | _Interpolation.ACCURATE_RND
                  | _Interpolation.FULL_CHR_H_INT)
+# Not for 10-bit YUV to 16-bit RGB: there this FFmpeg's full-chroma path is broken (red and green
+# come out 41 levels of 255 off on a plain gradient; measured with PyAV 18.1's bundled FFmpeg).
+_SCALER_FLAGS_16 = _Interpolation.BILINEAR | _Interpolation.ACCURATE_RND
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,10 +157,12 @@ class VideoReader:
   def close(self) -> None:
     self.container.close()
 
-  def frames(self, audio_sink: Callable[[av.Packet], None] | None = None
-             ) -> Iterator[tuple[np.ndarray, int]]:
+  def frames(self, audio_sink: Callable[[av.Packet], None] | None = None, *,
+             with_decoded: bool = False) -> Iterator[tuple]:
     """Yields (rgb, pts) in presentation order; audio packets go to `audio_sink` in file order.
     `rgb` is (H, W, 3) uint8, or uint16 (0..65535) for a video of more than 8 bits per sample.
+    With `with_decoded`, (rgb, pts, decoded): the decoder's `av.VideoFrame` as well, for
+    `VideoWriter.write(..., decoded=...)`.
 
     Frames without a timestamp, or whose timestamp does not increase, are placed one nominal
     frame duration after the previous one.
@@ -159,6 +170,7 @@ class VideoReader:
     info, name = self.info, os.fspath(self.path)
     nominal = max(1, round(1 / (info.average_rate * info.time_base)))
     rgb_format = "rgb48le" if info.bit_depth > 8 else "rgb24"  # uint16 frames for 10-bit video
+    flags = _SCALER_FLAGS_16 if info.bit_depth > 8 else _SCALER_FLAGS
     previous_pts = None
     streams = [self.stream] + (self.audio_streams if audio_sink else [])
     try:
@@ -179,8 +191,8 @@ class VideoReader:
           self._first_pts = pts if self._first_pts is None else self._first_pts
           self._last_pts = pts
           rgb = frame.to_ndarray(format=rgb_format, src_colorspace=info.colour.matrix,
-                                 src_color_range=info.colour.range, interpolation=_SCALER_FLAGS)
-          yield rgb, pts
+                                 src_color_range=info.colour.range, interpolation=flags)
+          yield (rgb, pts, frame) if with_decoded else (rgb, pts)
     except av.error.FFmpegError as error:
       if not self.decoded:
         raise MediaError(f"{name}: cannot decode ({one_line(error)})") from None
@@ -346,9 +358,19 @@ class VideoWriter:
     except av.error.FFmpegError as error:
       raise MediaError(f"cannot write {self.name}: {one_line(error)}") from None
 
-  def write(self, rgb: np.ndarray, pts: int) -> None:
+  def write(self, rgb: np.ndarray, pts: int, decoded: av.VideoFrame | None = None) -> None:
     """Encodes one (H, W, 3) uint8 (or uint16) RGB frame shown from `pts` (in the writer's time
-    base) on."""
+    base) on. `decoded`, for a frame kept from the input, is the decoder's frame it came from
+    (`VideoReader.frames(with_decoded=True)`): encoded as is where its pixel format is the
+    output's, which spares it the YUV -> RGB -> YUV round trip."""
+    if (decoded is not None and decoded.format.name == self.pix_fmt
+        and (decoded.width, decoded.height) == (rgb.shape[1], rgb.shape[0])):
+      decoded.pts, decoded.time_base = pts, self.stream.codec_context.time_base
+      # The decoder's picture type would force the encoder's (libx264 obeys I/P/B on input).
+      decoded.pict_type = av.video.frame.PictureType.NONE
+      self._mux(self.stream.encode(decoded))
+      self.frames_written += 1
+      return
     if rgb.dtype == np.uint16 and self.bit_depth == 8:  # a 10-bit input into an 8-bit output
       rgb = ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)
     # from_ndarray copies the buffer as packed rows: give it one (slices of a batch may not be).
