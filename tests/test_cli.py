@@ -645,6 +645,15 @@ def test_sixteen_bit_png_sequences_stay_sixteen_bit(tiny_model, tmp_path, capsys
   assert all(np.array_equal(a, b) for a, b in zip(written[::2], inputs))  # kept exactly
   # The in-between frames use the 16 bits: not all multiples of 257 (8-bit values widened).
   assert np.any(written[1] % 257)
+  # A pair: 16-bit PNG out (an 8-bit partner is widened), 8-bit JPEG out.
+  media.write_image(pattern_frames(3)[2], source / "2.png")
+  for name, dtype in (("middle.png", np.uint16), ("middle.jpg", np.uint8)):
+    code, _, err = run_main(capsys, "--pair", source / "1.png", source / "2.png",
+                            "--out", tmp_path / name, "--model", tiny_model)
+    assert code == 0, err
+    middle = cv2.imread(str(tmp_path / name), cv2.IMREAD_UNCHANGED)
+    assert middle.dtype == dtype and middle.shape == inputs[0].shape
+  assert np.any(cv2.imread(str(tmp_path / "middle.png"), cv2.IMREAD_UNCHANGED) % 257)
 
 
 def test_kept_frames_colour_error_on_saturated_edges(interpolator, tmp_path):

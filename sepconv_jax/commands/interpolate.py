@@ -40,7 +40,7 @@ outputs:
             error unless --allow-truncated.
 
 images: grey is expanded to RGB, 16-bit is rounded to 8-bit (a --frames sequence of 16-bit
-  PNG/TIFF stays 16-bit), an alpha channel is dropped when fully opaque; images with transparent
+  PNG/TIFF, and a --pair written as PNG/TIFF, stay 16-bit), an alpha channel is dropped when fully opaque; images with transparent
   pixels are refused.
 scene cuts: where the two frames' colour histograms differ by more than --scene-threshold (total
   variation distance of 8x8x8-bin RGB histograms, 0..1), the in-between frames repeat the first

@@ -13,7 +13,7 @@ Conventions
              16-bit samples                -> 8-bit by rounding (x / 257, the exact map of
                                               0..65535 onto 0..255), or kept as uint16 with
                                               `read_image(path, keep_16bit=True)` (frame
-                                              sequences of 16-bit PNG/TIFF stay 16-bit);
+                                              sequences and PNG/TIFF pairs of 16-bit stay 16-bit);
              other sample types (float HDR, 32-bit integers) -> refused.
            EXIF orientation is not applied (both frames of a pair are read the same way, and the
            output keeps the stored pixel layout).

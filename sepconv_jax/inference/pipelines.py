@@ -278,6 +278,15 @@ def check_pair(first, second, out, *, factor: int, overwrite: bool = False) -> N
   media.check_image_suffix(out)
 
 
+# Image formats whose 16-bit frames stay 16-bit (`interpolate_pair`, `interpolate_folder`).
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def _widened(frame: np.ndarray) -> np.ndarray:
+  """uint16 as is; uint8 widened to uint16 (x * 257: 255 -> 65535), for mixed-depth inputs."""
+  return frame.astype(np.uint16) * 257 if frame.dtype == np.uint8 else frame
+
+
 def _same_size(frame: np.ndarray, reference: np.ndarray, name: str, reference_name: str) -> None:
   if frame.shape != reference.shape:
     (h0, w0), (h1, w1) = reference.shape[:2], frame.shape[:2]
@@ -292,7 +301,11 @@ def interpolate_pair(interpolator: Interpolator, first, second, out, *, factor: 
   start = time.perf_counter()
   if not checked:
     check_pair(first, second, out, factor=factor, overwrite=overwrite)
-  frame0, frame1 = media.read_image(first), media.read_image(second)
+  # 16-bit inputs give 16-bit PNG/TIFF outputs (8-bit elsewhere).
+  keep_16bit = pathlib.Path(out).suffix.lower() in SIXTEEN_BIT_SUFFIXES
+  frame0, frame1 = (media.read_image(path, keep_16bit=keep_16bit) for path in (first, second))
+  if np.uint16 in (frame0.dtype, frame1.dtype):
+    frame0, frame1 = _widened(frame0), _widened(frame1)
   _same_size(frame1, frame0, os.fspath(second), os.fspath(first))
   summary = Summary(pathlib.Path(out))
   middles = []
@@ -322,10 +335,6 @@ def check_folder(source, out) -> list[pathlib.Path]:
   return paths
 
 
-# Image formats whose 16-bit frames are kept 16-bit by `interpolate_folder`.
-SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
-
-
 def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int = 2,
                        threshold: float = scene.DEFAULT_THRESHOLD, batch_size: int | None = None,
                        progress: bool = True) -> Summary:
@@ -349,8 +358,7 @@ def interpolate_folder(interpolator: Interpolator, source, out, *, factor: int =
     yield first
     for path in paths[1:]:
       frame = media.read_image(path, keep_16bit=sixteen)
-      if sixteen and frame.dtype == np.uint8:
-        frame = frame.astype(np.uint16) * 257
+      frame = _widened(frame) if sixteen else frame
       _same_size(frame, first, path.name, paths[0].name)
       yield frame
 
