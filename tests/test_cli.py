@@ -605,6 +605,43 @@ def test_ten_bit_video_stays_ten_bit(interpolator, tmp_path):
   assert "warning: the input is 10-bit, the output 8-bit" in str(lossless)
 
 
+def test_hdr10_metadata_is_kept(interpolator, tmp_path):
+  """A 10-bit PQ (BT.2020) clip with mastering-display and content-light metadata keeps both,
+  and its colour tags, through interpolation."""
+  source = tmp_path / "hdr.mkv"
+  mastering = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+  with av.open(str(source), "w") as output:
+    stream = output.add_stream("libx264", rate=25)
+    stream.height, stream.width = SIZE
+    stream.pix_fmt = "yuv420p10le"
+    stream.options = {"crf": "18", "x264-params": f"mastering-display={mastering}:cll=1000,400"}
+    context = stream.codec_context
+    context.color_primaries, context.color_trc, context.colorspace = 9, 16, 9  # BT.2020, PQ
+    for index in range(3):
+      frame = av.VideoFrame.from_ndarray(
+          np.full((*SIZE, 3), 20000 + 3000 * index, np.uint16), format="rgb48le")
+      frame = frame.reformat(format="yuv420p10le")
+      frame.pts, frame.time_base = index, fractions.Fraction(1, 25)
+      output.mux(stream.encode(frame))
+    output.mux(stream.encode(None))
+  with video.VideoReader(source) as reader:
+    info = reader.info
+  assert info.content_light == (1000, 400) and info.mastering_display is not None
+  assert video.x264_hdr_params(info) == f"mastering-display={mastering}:cll=1000,400"
+  out = tmp_path / "hdr_2x.mkv"
+  pipelines.interpolate_video(interpolator, source, out, progress=False)
+  with video.VideoReader(out) as reader:
+    written = reader.info
+  assert written.mastering_display == info.mastering_display
+  assert written.content_light == info.content_light
+  assert (written.colour, written.bit_depth) == (info.colour, 10)
+  # Without HDR metadata in, none out.
+  plain = tmp_path / "plain.mp4"
+  write_video(plain, pattern_frames(2))
+  with video.VideoReader(plain) as reader:
+    assert reader.info.mastering_display is None and video.x264_hdr_params(reader.info) == ""
+
+
 def test_lossless_keeps_frames_exactly_and_crf_sets_the_quality(interpolator, tmp_path, capsys):
   source = tmp_path / "in.mp4"
   write_video(source, pattern_frames(3))

@@ -20,7 +20,9 @@ Conventions
               interpolated frames.
   Video out   H.264 (libx264, CRF 18, preset "medium", yuv420p; yuv444p when a side is odd, which
               4:2:0 cannot hold) when the bundled FFmpeg has libx264, else MPEG-4 Part 2 at a fixed
-              high quality. Containers: .mp4, .m4v, .mov, .mkv.
+              high quality. Containers: .mp4, .m4v, .mov, .mkv. Side data kept: the display
+              matrix (rotation, flips) and HDR10's static metadata (mastering display colour
+              volume, content light level), written as H.264 SEI.
   Audio out   Every audio stream of the input is copied packet by packet (no re-encoding), with
               its timestamps rescaled to the output stream's time base by the muxer. Other
               streams (subtitles, timecode data) are not copied.
@@ -93,6 +95,12 @@ class VideoInfo:
   # for display, e.g. a phone held upright; None for none. Frames are read and written as coded.
   display_matrix: tuple[int, ...] | None = None
   bit_depth: int = 8  # bits per sample of the coded frames (10 for most HDR and pro video)
+  # HDR10 static metadata, as FFmpeg's structs: AVMasteringDisplayMetadata as 22 ints (the R, G,
+  # B primaries and the white point as (num, den) pairs of CIE 1931 x, y; min and max luminance
+  # as (num, den) cd/m^2; has_primaries, has_luminance) and AVContentLightMetadata (MaxCLL,
+  # MaxFALL, cd/m^2). None where the input has none.
+  mastering_display: tuple[int, ...] | None = None
+  content_light: tuple[int, int] | None = None
 
 
 class VideoReader:
@@ -130,7 +138,7 @@ class VideoReader:
           time_base=fractions.Fraction(self.stream.time_base),
           frame_count=self.stream.frames or None,
           duration=_declared_duration(self.container, self.stream),
-          display_matrix=_display_matrix(name),
+          **_first_frame_side_data(name),
           bit_depth=max((c.bits for c in context.format.components), default=8)
           if context.format is not None else 8,
           colour=ColourTags(int(context.colorspace), int(context.color_range),
@@ -229,21 +237,50 @@ class VideoReader:
     return None
 
 
-def _display_matrix(name: str) -> tuple[int, ...] | None:
-  """The display matrix of the first video frame (FFmpeg puts the stream's on every frame), from a
-  second, throw-away opening: the writer needs it before anything is muxed."""
+def _first_frame_side_data(name: str) -> dict:
+  """`VideoInfo`'s display_matrix, mastering_display and content_light, from the first video
+  frame (FFmpeg puts the stream's side data on every frame), read by a second, throw-away
+  opening: the writer needs them before anything is muxed."""
+  found = {}
   try:
     with av.open(name, "r") as container:
-      stream = container.streams.video[0]
-      for frame in container.decode(stream):
-        matrix = frame.side_data.get(SideDataType.DISPLAYMATRIX)
-        if matrix is None:
-          return None
+      frame = next(container.decode(container.streams.video[0]))
+      # Looked up type by type: iterating PyAV 18's side data fails on some types (SEI).
+      matrix = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+      if matrix is not None:
         values = tuple(int(v) for v in np.frombuffer(bytes(matrix), np.int32))
-        return None if values == _IDENTITY_MATRIX else values
-  except (av.error.FFmpegError, OSError, StopIteration):
+        found["display_matrix"] = None if values == _IDENTITY_MATRIX else values
+      mastering = frame.side_data.get(SideDataType.MASTERING_DISPLAY_METADATA)
+      if mastering is not None:
+        values = tuple(int(v) for v in np.frombuffer(bytes(mastering), np.int32)[:22])
+        if len(values) == 22 and values[20] and values[21]:  # primaries and luminance both set
+          found["mastering_display"] = values
+      light = frame.side_data.get(SideDataType.CONTENT_LIGHT_LEVEL)
+      if light is not None:
+        max_cll, max_fall = (int(v) for v in np.frombuffer(bytes(light), np.uint32)[:2])
+        found["content_light"] = (max_cll, max_fall)
+  except (av.error.FFmpegError, OSError, StopIteration, ValueError):
     pass  # undecodable files are reported by the reader itself
-  return None
+  return found
+
+
+def x264_hdr_params(info: VideoInfo) -> str:
+  """The input's HDR10 static metadata as x264 options (`mastering-display=...:cll=...`, x264's
+  units: 1/50000 for chromaticities, 1/10000 cd/m^2 for luminance), or ""."""
+  params = []
+  if info.mastering_display is not None:
+    v = info.mastering_display
+
+    def scaled(index: int, unit: int) -> int:
+      return round(fractions.Fraction(v[index], v[index + 1] or 1) * unit)
+
+    (rx, ry), (gx, gy), (bx, by), (wx, wy) = [(scaled(i, 50000), scaled(i + 2, 50000))
+                                              for i in (0, 4, 8, 12)]
+    params.append(f"mastering-display=G({gx},{gy})B({bx},{by})R({rx},{ry})WP({wx},{wy})"
+                  f"L({scaled(18, 10000)},{scaled(16, 10000)})")
+  if info.content_light is not None:
+    params.append(f"cll={info.content_light[0]},{info.content_light[1]}")
+  return ":".join(params)
 
 
 # FFmpeg's identity display matrix: 1.0 is 1 << 16, except 1 << 30 in the last (w) column.
@@ -329,12 +366,17 @@ class VideoWriter:
       context.color_primaries = info.colour.color_primaries
       context.color_trc = info.colour.color_trc
       if lossless:
-        self.stream.options = {"qp": "0", "preset": H264_PRESET}
+        options = {"qp": "0", "preset": H264_PRESET}
         context.colorspace = 0  # AVCOL_SPC_RGB: the samples are RGB, no matrix
       elif codec == "libx264":
-        self.stream.options = {"crf": str(crf), "preset": H264_PRESET}
+        options = {"crf": str(crf), "preset": H264_PRESET}
       else:
+        options = {}
         context.qscale = MPEG4_QSCALE
+      hdr = x264_hdr_params(info)
+      if hdr and codec != "mpeg4":  # MPEG-4 Part 2 has no place for it
+        options["x264-params"] = hdr
+      self.stream.options = options
       self.pix_fmt = context.pix_fmt
       self.audio = {template.index: self.container.add_stream_from_template(template)
                     for template in audio_templates}
