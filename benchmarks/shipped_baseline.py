@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
+import pathlib
 import statistics
 import sys
 import time
@@ -27,6 +29,21 @@ def _time(fn, repeats: int) -> list[float]:
     fn()
     times.append(time.perf_counter() - start)
   return [min(times), statistics.median(times)]
+
+
+def _module(code: str, *names: str):
+  """The first of `names` (one module under its names in successive layouts of the package) that
+  imports from the checkout `code`. An editable install of the current code sits on
+  `sys.meta_path` and would otherwise answer for modules the old checkout does not have."""
+  root = pathlib.Path(code).resolve()
+  for name in names:
+    try:
+      module = importlib.import_module(name)
+    except ImportError:
+      continue
+    if root in pathlib.Path(module.__file__).resolve().parents:
+      return module
+  raise ImportError(f"none of {names} imports from {code}")
 
 
 def main() -> int:
@@ -44,15 +61,17 @@ def main() -> int:
   titles = json.loads(args.titles)
   results = {}
   if args.part == "network":
-    from sepconv_jax.network.model import SepConvConfig, SepConvNet  # pylint: disable=import-outside-toplevel
+    model = _module(args.code, "sepconv_jax.model", "sepconv_jax.network.model")
+    SepConvConfig, SepConvNet = model.SepConvConfig, model.SepConvNet  # pylint: disable=invalid-name
     graphdef, state = nnx.split(SepConvNet(SepConvConfig(), rngs=nnx.Rngs(0)))
     frames = [jnp.asarray(f[None], jnp.float32) / 255.0 for f in _frames(512, 640)]
     fn = jax.jit(lambda s, a, b: nnx.merge(graphdef, s).kernel_maps(a, b))
     results[titles[0]] = _time(lambda: jax.block_until_ready(fn(state, *frames)), args.repeats)
   elif args.part == "train":
-    from sepconv_jax.training import losses  # pylint: disable=import-outside-toplevel
-    from sepconv_jax.training import steps
-    from sepconv_jax.training.configs import get_config  # pylint: disable=import-outside-toplevel
+    losses = _module(args.code, "sepconv_jax.losses", "sepconv_jax.training.losses")
+    steps = _module(args.code, "sepconv_jax.training.steps", "sepconv_jax.training")
+    get_config = _module(args.code, "sepconv_jax.configs",
+                         "sepconv_jax.training.configs").get_config
     config = get_config("cpu")
     graphdef, state = steps.create_train_state(config)
     keys = jax.random.split(jax.random.key(1), 3)
@@ -69,8 +88,8 @@ def main() -> int:
       jax.block_until_ready((holder[0], metrics))
     results[titles[0]] = _time(run, args.repeats)
   else:
-    from sepconv_jax.inference.interpolator import Interpolator  # pylint: disable=import-outside-toplevel
-    interpolator = Interpolator.default()
+    interpolator = _module(args.code, "sepconv_jax.interpolator",
+                           "sepconv_jax.inference.interpolator").Interpolator.default()
     for title, (width, height) in zip(titles, ((640, 480), (1280, 720))):
       first, second = _frames(height, width)
       results[title] = _time(lambda: interpolator(first, second), args.repeats)

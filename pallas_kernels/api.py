@@ -64,8 +64,9 @@ def sepconv(image: jax.Array, vertical: jax.Array, horizontal: jax.Array, *,
     block_sizes: Pallas only: the output tile per program and Triton launch settings.
     kernel_layout: "BKHW" (kernel maps (B, K, H, W), the default) or "BHWK" ((B, H, W, K), the
       layout an NHWC network emits). Gradients of the kernel maps come back in the same layout.
-      The C++ kernel reads BHWK natively; the other implementations transpose to BKHW here (the
-      transposes and their gradients are then XLA's).
+      The C++ kernel and the Pallas forward kernel read BHWK natively (Pallas's backward kernels
+      work in BKHW and transpose around themselves); XLA and the reference transpose to BKHW
+      here (the transposes and their gradients are then XLA's).
 
   Returns:
     (B, C, H, W) in the inputs' promoted dtype. Any float dtype is accepted; accumulation is in
@@ -94,14 +95,14 @@ def sepconv(image: jax.Array, vertical: jax.Array, horizontal: jax.Array, *,
     return module.sepconv_cpu(image, vertical, horizontal, kernel_layout=kernel_layout)
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"sepconv: impl={impl!r} is not one of {IMPLEMENTATIONS} or None")
-  if kernel_layout == "BHWK":
-    # The one place where the other implementations meet BHWK: to BKHW and on as usual.
-    vertical, horizontal = (jnp.moveaxis(a, -1, 1) for a in (vertical, horizontal))
-  if impl == "pallas":
+  if impl == "pallas":  # reads either layout (its forward natively)
     if interpret is None:
       interpret = jax.default_backend() == "cpu"
     return sepconv_pallas(image, vertical, horizontal, block_sizes or BlockSizes(), interpret,
-                          backward_impl)
+                          backward_impl, kernel_layout)
+  if kernel_layout == "BHWK":
+    # The one place where the XLA and reference implementations meet BHWK: to BKHW and on.
+    vertical, horizontal = (jnp.moveaxis(a, -1, 1) for a in (vertical, horizontal))
   if impl == "xla":
     return sepconv_xla(image, vertical, horizontal)
   return sepconv_reference(image, vertical, horizontal)

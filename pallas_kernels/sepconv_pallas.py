@@ -1,16 +1,25 @@
 """The separable local convolution as Pallas kernels for NVIDIA GPUs (Triton backend).
 
-Four kernels, each named so that it can be found in a lowered program:
-  `sepconv_forward`               out  (B, C, H, W)
-  `sepconv_backward_image`        d image      (gather form: every program owns its output tile)
-  `sepconv_backward_vertical`     d vertical
-  `sepconv_backward_horizontal`   d horizontal
-No kernel uses atomics: each program writes a disjoint tile of its output.
+Three kernels, each named so that it can be found in a lowered program:
+  `sepconv_forward`          out  (B, C, H, W)
+  `sepconv_backward_maps`    d vertical and d horizontal, from one pass over the image window
+  `sepconv_backward_image`   d image (gather form: every program owns its output tile)
+No kernel uses atomics: each program writes a disjoint tile of its outputs.
 
 Conventions are those of `pallas_kernels.reference`. Every kernel works on one (TH, TW) tile of
-output pixels, with TH and TW powers of two because Triton demands power-of-two array shapes; the
-taps (K) and channels (C) are loop counts, never array dimensions. Sizes that the tiles do not
-divide are zero-padded by the wrapper and cropped afterwards, so callers see any size.
+pixels, TH and TW powers of two (Triton demands power-of-two array shapes), and holds what it
+gathers as (TH, TW, KP) register tensors, KP = K rounded up to a power of two: a pixel's K taps,
+or its K-wide image window row, in one load. Index arrays address the caller's arrays as they
+are, in either map layout (BHWK, as the network emits them, or BKHW), and masks cover partial
+tiles and the padded taps, so nothing is transposed, padded or cropped around the kernels.
+Channels are the innermost loop, so a map load serves every channel. Loads per multiply-add:
+`loads_per_multiply_add` and pallas_kernels/README.md.
+
+What the Triton backend does not allow, and a Mosaic GPU port would: a programmable shared-memory
+stage. Pallas-Triton refs are global memory (a load is a `tt.load` through L1), there are no
+scratch buffers and no register shifts or dynamic slices of a loaded tile, so the image window
+cannot be staged once and read K x K times from on-chip memory; below one global load per
+multiply-add (each image element is used K*K times) needs that stage, see README.md.
 
 The Triton backend of Pallas is deprecated from jax 0.11 in favour of Mosaic GPU; the backend
 choice is kept inside this module so that a port touches nothing else.
@@ -33,10 +42,14 @@ _F32 = jnp.float32
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-  """Tile of output pixels per Pallas program, and Triton launch settings."""
+  """Tile of output pixels per Pallas program, and Triton launch settings.
 
-  tile_h: int = 16
-  tile_w: int = 32
+  Every kernel holds a (tile_h, tile_w, KP) register tensor per operand it gathers (KP = K rounded
+  up to a power of two): 8 x 16 pixels x 64 taps is 64 registers per thread at 4 warps.
+  """
+
+  tile_h: int = 8
+  tile_w: int = 16
   num_warps: int = 4
   num_stages: int = 1
 
@@ -52,186 +65,216 @@ class BlockSizes:
                                tile_w=min(self.tile_w, pl.next_power_of_2(width)))
 
 
-def _round_up(value: int, multiple: int) -> int:
-  return -(-value // multiple) * multiple
-
-
-def _pad_bottom_right(array: jax.Array, height: int, width: int) -> jax.Array:
-  """Zero-pads the last two axes of `array` at the bottom/right up to (height, width)."""
-  pads = [(0, 0)] * (array.ndim - 2) + [(0, height - array.shape[-2]), (0, width - array.shape[-1])]
-  return jnp.pad(array, pads)
-
-
 # --------------------------------------------------------------------------------------------
 # Kernels. Refs hold whole arrays in global memory; each program reads the tiles it needs.
 # --------------------------------------------------------------------------------------------
 
 
-def _tile_origin(tile_h: int, tile_w: int):
-  batch = pl.program_id(0)
-  y0 = pl.program_id(1) * tile_h
-  x0 = pl.program_id(2) * tile_w
-  return batch, y0, x0
+def _tile_indices(k: int, tile_h: int, tile_w: int):
+  """This program's batch index and its tile's pixel coordinates: (tile_h, tile_w) rows and
+  columns, and the same broadcast over KP = next_power_of_2(K) taps, with the tap index."""
+  shape3 = (tile_h, tile_w, pl.next_power_of_2(k))
+  y0, x0 = pl.program_id(1) * tile_h, pl.program_id(2) * tile_w
+  iota = jax.lax.broadcasted_iota
+  return (pl.program_id(0),
+          y0 + iota(jnp.int32, (tile_h, tile_w), 0), x0 + iota(jnp.int32, (tile_h, tile_w), 1),
+          y0 + iota(jnp.int32, shape3, 0), x0 + iota(jnp.int32, shape3, 1),
+          iota(jnp.int32, shape3, 2))
 
 
-def _window_line_sum(image_ref, weights_ref, b, c, y0: int, x0: int, tap, *, along_row: bool,
-                     k: int, tile_h: int, tile_w: int):
-  """One line of every pixel's K x K window, weighted by a per-pixel 1-D kernel map.
+def _map_at(ref, y, x, tap, *, b, layout: str):
+  """A kernel map's elements at (y, x, tap), in its own layout: no transpose ever."""
+  return ref.at[b, y, x, tap] if layout == "BHWK" else ref.at[b, tap, y, x]
 
-  along_row:     sum_j image[c, y+tap, x+j] * weights[j, y, x]   (weights = horizontal)
-  not along_row: sum_i image[c, y+i, x+tap] * weights[i, y, x]   (weights = vertical)
-  The forward pass and both kernel-map gradients are built from this sum.
-  """
-  rows, cols = pl.ds(y0, tile_h), pl.ds(x0, tile_w)
 
-  def over_taps(s, total):
-    dy, dx = (tap, s) if along_row else (s, tap)
-    pixels = image_ref[b, c, pl.ds(y0 + dy, tile_h), pl.ds(x0 + dx, tile_w)].astype(_F32)
-    return total + pixels * weights_ref[b, s, rows, cols].astype(_F32)
-
-  return jax.lax.fori_loop(0, k, over_taps, jnp.zeros((tile_h, tile_w), _F32))
+def _gather(view, mask):
+  """The elements of `view` where `mask` holds, zeros elsewhere (not loaded), as float32."""
+  return plgpu.load(view, mask=mask, other=0.0).astype(_F32)
 
 
 def _forward_kernel(image_ref, vertical_ref, horizontal_ref, out_ref, *, k: int, channels: int,
-                    tile_h: int, tile_w: int):
-  b, y0, x0 = _tile_origin(tile_h, tile_w)
-  rows, cols = pl.ds(y0, tile_h), pl.ds(x0, tile_w)
-  zeros = jnp.zeros((tile_h, tile_w), _F32)
+                    height: int, width: int, tile_h: int, tile_w: int, layout: str):
+  """out[c, y, x] = sum_i V[i] * sum_j image[c, y+i, x+j] * H[j], for one (tile_h, tile_w) tile.
 
-  @pl.loop(0, channels)
-  def _(c):
-    def over_vertical_taps(i, acc):
-      row_sum = _window_line_sum(image_ref, horizontal_ref, b, c, y0, x0, i, along_row=True,
-                                 k=k, tile_h=tile_h, tile_w=tile_w)
-      return acc + vertical_ref[b, i, rows, cols].astype(_F32) * row_sum
-
-    out = jax.lax.fori_loop(0, k, over_vertical_taps, zeros)
-    out_ref[b, c, rows, cols] = out.astype(out_ref.dtype)
-
-
-def _backward_image_kernel(grad_ref, vertical_ref, horizontal_ref, d_image_ref, *, k: int,
-                           channels: int, tile_h: int, tile_w: int):
-  # d_image[Y, X] = sum_{i,j} g[Y-i, X-j] * V[i, Y-i, X-j] * H[j, Y-i, X-j]. The wrapper pads g, V
-  # and H by K-1 zeros at the top/left, so row Y-i of the original is row Y+K-1-i here and every
-  # read is in bounds; the zeros make out-of-range terms vanish.
-  b, y0, x0 = _tile_origin(tile_h, tile_w)
-  zeros = jnp.zeros((tile_h, tile_w), _F32)
-
-  @pl.loop(0, channels)
-  def _(c):
-    def over_vertical_taps(i, acc):
-      rows = pl.ds(y0 + k - 1 - i, tile_h)
-
-      def over_horizontal_taps(j, acc):
-        cols = pl.ds(x0 + k - 1 - j, tile_w)
-        weight = (vertical_ref[b, i, rows, cols].astype(_F32) *
-                  horizontal_ref[b, j, rows, cols].astype(_F32))
-        return acc + grad_ref[b, c, rows, cols].astype(_F32) * weight
-
-      return jax.lax.fori_loop(0, k, over_horizontal_taps, acc)
-
-    d_image = jax.lax.fori_loop(0, k, over_vertical_taps, zeros)
-    d_image_ref[b, c, pl.ds(y0, tile_h), pl.ds(x0, tile_w)] = d_image.astype(d_image_ref.dtype)
-
-
-def _backward_kernel_map_kernel(image_ref, other_map_ref, grad_ref, d_map_ref, *, k: int,
-                                channels: int, tile_h: int, tile_w: int, vertical: bool):
-  """d vertical (vertical=True) or d horizontal: the two are mirror images of each other.
-
-    d_vertical[i]   = sum_c g[c] * sum_j image[c, y+i, x+j] * H[j]   (other map: horizontal)
-    d_horizontal[j] = sum_c g[c] * sum_i image[c, y+i, x+j] * V[i]   (other map: vertical)
+  Shaped for the loads, not for the loop nest of the definition:
+    * each pixel's K horizontal taps are loaded once, as a (tile_h, tile_w, KP) register tensor
+      (KP = K rounded up to a power of two, the extra taps masked to zero), not once per
+      channel and vertical tap (C*K = 153 times at K = 51, C = 3);
+    * per vertical tap, one (tile_h, tile_w, KP) gather of the image window row serves a whole
+      row sum, reduced in registers; channels are the innermost loop, so V[i] is loaded once
+      for all of them;
+    * the maps are read in their own layout ("BHWK", as the network emits them, or "BKHW")
+      through index arrays: no transpose, no padded copies (masks cover partial tiles, and the
+      image and output refs are the caller's arrays).
+  Global loads per multiply-add: C*K*K image + 2*K map loads per pixel for C*K*(K+1) multiply-
+  adds, about 0.99 (the previous design: 2 per multiply-add, each image load paired with a tap
+  load); see `loads_per_multiply_add`.
   """
-  b, y0, x0 = _tile_origin(tile_h, tile_w)
-  rows, cols = pl.ds(y0, tile_h), pl.ds(x0, tile_w)
+  b, ys, xs, ys3, xs3, taps = _tile_indices(k, tile_h, tile_w)
+  inside = (ys < height) & (xs < width)
+  valid = (ys3 < height) & (xs3 < width) & (taps < k)
+  map_at = functools.partial(_map_at, b=b, layout=layout)
+  horizontal = _gather(map_at(horizontal_ref, ys3, xs3, taps), valid)
+
+  def over_vertical_taps(i, sums):
+    vertical = _gather(map_at(vertical_ref, ys, xs, i), inside)
+    new_sums = []
+    for c in range(channels):  # innermost: one vertical tap load serves every channel
+      window = _gather(image_ref.at[b, c, ys3 + i, xs3 + taps], valid)
+      new_sums.append(sums[c] + vertical * jnp.sum(window * horizontal, axis=2))
+    return tuple(new_sums)
+
   zeros = jnp.zeros((tile_h, tile_w), _F32)
+  sums = jax.lax.fori_loop(0, k, over_vertical_taps, (zeros,) * channels)
+  for c in range(channels):
+    plgpu.store(out_ref.at[b, c, ys, xs], sums[c].astype(out_ref.dtype), mask=inside)
 
-  @pl.loop(0, k)
-  def _(tap):  # the output map's tap
-    def over_channels(c, acc):
-      total = _window_line_sum(image_ref, other_map_ref, b, c, y0, x0, tap, along_row=vertical,
-                               k=k, tile_h=tile_h, tile_w=tile_w)
-      return acc + grad_ref[b, c, rows, cols].astype(_F32) * total
 
-    d_map = jax.lax.fori_loop(0, channels, over_channels, zeros)
-    d_map_ref[b, tap, rows, cols] = d_map.astype(d_map_ref.dtype)
+def loads_per_multiply_add(kernel: str, k: int, channels: int, design: str = "now") -> float:
+  """Global loads (elements, before any cache) per multiply-add of a kernel, counted from its
+  structure per output pixel: `kernel` "forward", "backward_maps" (d vertical and d horizontal
+  together) or "backward_image"; `design` "now" (this module) or "first" (until 2026-12-02: a
+  load of each operand per tap, maps re-read for every channel, the two map gradients in two
+  kernels)."""
+  c, kk = channels, k * k
+  counts = {  # (loads, multiply-adds) per output pixel
+      ("forward", "now"): (c * kk + 2 * k, c * k * (k + 1)),
+      ("forward", "first"): (2 * c * kk + c * k, c * k * (k + 1)),
+      ("backward_maps", "now"): (c * kk + 2 * k + c, 2 * c * kk),
+      ("backward_maps", "first"): (2 * (2 * c * kk + c * k), 2 * c * kk),
+      ("backward_image", "now"): ((2 + c) * kk, c * kk),
+      ("backward_image", "first"): (3 * c * kk, c * kk),
+  }
+  if (kernel, design) not in counts:
+    raise ValueError(f"unknown kernel={kernel!r} or design={design!r}")
+  loads, macs = counts[kernel, design]
+  return loads / macs
+
+
+def _backward_maps_kernel(image_ref, vertical_ref, horizontal_ref, grad_ref, d_vertical_ref,
+                          d_horizontal_ref, *, k: int, channels: int, height: int, width: int,
+                          tile_h: int, tile_w: int, layout: str):
+  """Both kernel-map gradients of one tile, from one pass over the image window:
+
+    d_vertical[i]   = sum_c g[c] * sum_j image[c, y+i, x+j] * H[j]
+    d_horizontal[j] = sum_c g[c] * sum_i image[c, y+i, x+j] * V[i]
+
+  Each (tile_h, tile_w, KP) window gather (one per vertical tap and channel) feeds a row sum for
+  d vertical and a multiply-add into the register-held d horizontal accumulator, so a loaded image
+  element serves two multiply-adds: about 0.5 global loads per multiply-add.
+  """
+  b, ys, xs, ys3, xs3, taps = _tile_indices(k, tile_h, tile_w)
+  inside = (ys < height) & (xs < width)
+  valid = (ys3 < height) & (xs3 < width) & (taps < k)
+  map_at = functools.partial(_map_at, b=b, layout=layout)
+  horizontal = _gather(map_at(horizontal_ref, ys3, xs3, taps), valid)
+  grads = [_gather(grad_ref.at[b, c, ys, xs], inside) for c in range(channels)]
+
+  def over_vertical_taps(i, d_horizontal):
+    vertical = _gather(map_at(vertical_ref, ys, xs, i), inside)
+    d_vertical = jnp.zeros((tile_h, tile_w), _F32)
+    for c in range(channels):
+      window = _gather(image_ref.at[b, c, ys3 + i, xs3 + taps], valid)
+      d_vertical += grads[c] * jnp.sum(window * horizontal, axis=2)
+      d_horizontal += (grads[c] * vertical)[:, :, None] * window
+    plgpu.store(map_at(d_vertical_ref, ys, xs, i), d_vertical.astype(d_vertical_ref.dtype),
+                mask=inside)
+    return d_horizontal
+
+  d_horizontal = jax.lax.fori_loop(0, k, over_vertical_taps, jnp.zeros(ys3.shape, _F32))
+  plgpu.store(map_at(d_horizontal_ref, ys3, xs3, taps),
+              d_horizontal.astype(d_horizontal_ref.dtype), mask=valid)
+
+
+def _backward_image_kernel(vertical_ref, horizontal_ref, grad_ref, d_image_ref, *, k: int,
+                           channels: int, height: int, width: int, tile_h: int, tile_w: int,
+                           layout: str):
+  """d image of one tile of the (H+K-1, W+K-1) image, in gather form (no atomics):
+
+    d_image[c, Y, X] = sum_{i,j} g[c, Y-i, X-j] * V[i, Y-i, X-j] * H[j, Y-i, X-j]
+
+  over the pixels (Y-i, X-j) inside the (H, W) maps. Per vertical tap i, the (tile_h, tile_w, KP)
+  gathers of V, H and each channel's g at those pixels: (2 + C) / C global loads per multiply-add
+  (the first design: 3, and operands padded by K-1 rows and columns first).
+  """
+  b, ys, xs, ys3, xs3, taps = _tile_indices(k, tile_h, tile_w)
+  cols = xs3 - taps
+  cols_ok = (cols >= 0) & (cols < width) & (taps < k)
+  cols = jnp.clip(cols, 0, width - 1)  # masked lanes are not loaded; keep their address sane
+  map_at = functools.partial(_map_at, b=b, layout=layout)
+
+  def over_vertical_taps(i, sums):
+    rows = ys3 - i
+    ok = cols_ok & (rows >= 0) & (rows < height)
+    rows = jnp.clip(rows, 0, height - 1)
+    weight = (_gather(map_at(vertical_ref, rows, cols, i), ok)
+              * _gather(map_at(horizontal_ref, rows, cols, taps), ok))
+    return tuple(sums[c] + jnp.sum(_gather(grad_ref.at[b, c, rows, cols], ok) * weight, axis=2)
+                 for c in range(channels))
+
+  zeros = jnp.zeros(ys3.shape[:2], _F32)
+  sums = jax.lax.fori_loop(0, k, over_vertical_taps, (zeros,) * channels)
+  image_h, image_w = height + k - 1, width + k - 1
+  for c in range(channels):
+    plgpu.store(d_image_ref.at[b, c, ys, xs], sums[c].astype(d_image_ref.dtype),
+                mask=(ys < image_h) & (xs < image_w))
 
 
 # --------------------------------------------------------------------------------------------
-# pallas_call wrappers: pad to whole tiles, launch one program per (batch, tile row, tile column).
+# pallas_call wrappers: one program per (batch, tile row, tile column), the arrays as they are.
 # --------------------------------------------------------------------------------------------
 
 
-def _launch(kernel, name: str, inputs, out_shape: jax.ShapeDtypeStruct, *, k: int, channels: int,
-            block_sizes: BlockSizes, interpret: bool):
-  batch, _, out_h, out_w = out_shape.shape
-  grid = (batch, out_h // block_sizes.tile_h, out_w // block_sizes.tile_w)
+def _map_dims(kernel_map: jax.Array, layout: str) -> tuple[int, int, int]:
+  """(K, H, W) of a kernel map in `layout`."""
+  if layout == "BHWK":
+    return kernel_map.shape[3], kernel_map.shape[1], kernel_map.shape[2]
+  return kernel_map.shape[1:]
+
+
+def _launch(kernel, name: str, inputs, out_shape, *, tile_over: tuple[int, int], k: int,
+            channels: int, height: int, width: int, layout: str, block_sizes: BlockSizes,
+            interpret: bool):
+  blocks = block_sizes.fitted(*tile_over)
   return pl.pallas_call(
-      functools.partial(kernel, k=k, channels=channels, tile_h=block_sizes.tile_h,
-                        tile_w=block_sizes.tile_w),
+      functools.partial(kernel, k=k, channels=channels, height=height, width=width,
+                        tile_h=blocks.tile_h, tile_w=blocks.tile_w, layout=layout),
       out_shape=out_shape,
-      grid=grid,
-      compiler_params=plgpu.CompilerParams(num_warps=block_sizes.num_warps,
-                                           num_stages=block_sizes.num_stages),
+      grid=(inputs[0].shape[0], pl.cdiv(tile_over[0], blocks.tile_h),
+            pl.cdiv(tile_over[1], blocks.tile_w)),
+      compiler_params=plgpu.CompilerParams(num_warps=blocks.num_warps,
+                                           num_stages=blocks.num_stages),
       interpret=interpret,
       name=name,
   )(*inputs)
 
 
-def _padded_operands(image, vertical, horizontal, block_sizes: BlockSizes):
-  """Zero-pads the kernel maps to whole tiles and the image to match."""
-  k, height, width = vertical.shape[1:]
-  padded_h = _round_up(height, block_sizes.tile_h)
-  padded_w = _round_up(width, block_sizes.tile_w)
-  return (_pad_bottom_right(image, padded_h + k - 1, padded_w + k - 1),
-          _pad_bottom_right(vertical, padded_h, padded_w),
-          _pad_bottom_right(horizontal, padded_h, padded_w))
+def _forward(image, vertical, horizontal, *, block_sizes: BlockSizes, interpret: bool,
+             layout: str):
+  batch, channels = image.shape[:2]
+  k, height, width = _map_dims(vertical, layout)
+  out = jax.ShapeDtypeStruct((batch, channels, height, width),
+                             jnp.result_type(image, vertical, horizontal))
+  return _launch(_forward_kernel, "sepconv_forward", (image, vertical, horizontal), out,
+                 tile_over=(height, width), k=k, channels=channels, height=height, width=width,
+                 layout=layout, block_sizes=block_sizes, interpret=interpret)
 
 
-def _forward(image, vertical, horizontal, *, block_sizes: BlockSizes, interpret: bool):
-  batch, channels, _, _ = image.shape
-  k, height, width = vertical.shape[1:]
-  block_sizes = block_sizes.fitted(height, width)
-  image_p, vertical_p, horizontal_p = _padded_operands(image, vertical, horizontal, block_sizes)
-  out_dtype = jnp.result_type(image, vertical, horizontal)
-  out = _launch(_forward_kernel, "sepconv_forward", (image_p, vertical_p, horizontal_p),
-                jax.ShapeDtypeStruct((batch, channels) + vertical_p.shape[2:], out_dtype),
-                k=k, channels=channels, block_sizes=block_sizes, interpret=interpret)
-  return out[:, :, :height, :width]
-
-
-def _backward(image, vertical, horizontal, grad, *, block_sizes: BlockSizes, interpret: bool):
-  batch, channels, image_h, image_w = image.shape
-  k, height, width = vertical.shape[1:]
-
-  # d vertical and d horizontal: tiles over the kernel maps' (H, W).
-  kernel_blocks = block_sizes.fitted(height, width)
-  image_p, vertical_p, horizontal_p = _padded_operands(image, vertical, horizontal, kernel_blocks)
-  grad_p = _pad_bottom_right(grad, *vertical_p.shape[2:])
-  common = dict(k=k, channels=channels, block_sizes=kernel_blocks, interpret=interpret)
-  d_vertical = _launch(functools.partial(_backward_kernel_map_kernel, vertical=True),
-                       "sepconv_backward_vertical",
-                       (image_p, horizontal_p, grad_p),
-                       jax.ShapeDtypeStruct(vertical_p.shape, vertical.dtype), **common)
-  d_horizontal = _launch(functools.partial(_backward_kernel_map_kernel, vertical=False),
-                         "sepconv_backward_horizontal",
-                         (image_p, vertical_p, grad_p),
-                         jax.ShapeDtypeStruct(horizontal_p.shape, horizontal.dtype), **common)
-
-  # d image: tiles over the padded image's (H+K-1, W+K-1); g, V, H get K-1 zeros above/left.
-  image_blocks = block_sizes.fitted(image_h, image_w)
-  out_h = _round_up(image_h, image_blocks.tile_h)
-  out_w = _round_up(image_w, image_blocks.tile_w)
-
-  def shifted(array):
-    pads = ((0, 0), (0, 0), (k - 1, out_h - height), (k - 1, out_w - width))
-    return jnp.pad(array, pads)
-
-  d_image = _launch(_backward_image_kernel, "sepconv_backward_image",
-                    (shifted(grad), shifted(vertical), shifted(horizontal)),
-                    jax.ShapeDtypeStruct((batch, channels, out_h, out_w), image.dtype),
-                    k=k, channels=channels, block_sizes=image_blocks, interpret=interpret)
-  return (d_image[:, :, :image_h, :image_w], d_vertical[:, :, :height, :width],
-          d_horizontal[:, :, :height, :width])
+def _backward(image, vertical, horizontal, grad, *, block_sizes: BlockSizes, interpret: bool,
+              layout: str):
+  channels = image.shape[1]
+  k, height, width = _map_dims(vertical, layout)
+  common = dict(k=k, channels=channels, height=height, width=width, layout=layout,
+                block_sizes=block_sizes, interpret=interpret)
+  d_vertical, d_horizontal = _launch(
+      _backward_maps_kernel, "sepconv_backward_maps", (image, vertical, horizontal, grad),
+      (jax.ShapeDtypeStruct(vertical.shape, vertical.dtype),
+       jax.ShapeDtypeStruct(horizontal.shape, horizontal.dtype)),
+      tile_over=(height, width), **common)
+  d_image = _launch(
+      _backward_image_kernel, "sepconv_backward_image", (vertical, horizontal, grad),
+      jax.ShapeDtypeStruct(image.shape, image.dtype), tile_over=image.shape[2:], **common)
+  return d_image, d_vertical, d_horizontal
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,34 +282,44 @@ def _backward(image, vertical, horizontal, grad, *, block_sizes: BlockSizes, int
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
 def sepconv_pallas(image, vertical, horizontal, block_sizes: BlockSizes = BlockSizes(),
-                   interpret: bool = False, backward_impl: str = "pallas"):
+                   interpret: bool = False, backward_impl: str = "pallas",
+                   kernel_layout: str = "BKHW"):
   """Separable local convolution with Pallas forward and backward kernels.
 
-  Args: see `pallas_kernels.reference` for shapes; `block_sizes` the output tile per program;
+  Args: see `pallas_kernels.reference` for shapes; `block_sizes` the output tiles per program;
   `interpret` runs the kernels as XLA loops (CPU tests); `backward_impl` is "pallas" (the three
-  backward kernels) or "reference" (the VJP of the plain-JAX reference, a debugging fallback).
+  backward kernels) or "reference" (the VJP of the plain-JAX reference, a debugging fallback);
+  `kernel_layout` "BKHW" or "BHWK" (the maps' layout, which every kernel reads and writes
+  natively).
   Shapes are assumed valid (the public `pallas_kernels.sepconv` checks them).
   """
   del backward_impl
-  return _forward(image, vertical, horizontal, block_sizes=block_sizes, interpret=interpret)
+  return _forward(image, vertical, horizontal, block_sizes=block_sizes, interpret=interpret,
+                  layout=kernel_layout)
 
 
-def _sepconv_pallas_fwd(image, vertical, horizontal, block_sizes, interpret, backward_impl):
-  out = sepconv_pallas(image, vertical, horizontal, block_sizes, interpret, backward_impl)
+def _sepconv_pallas_fwd(image, vertical, horizontal, block_sizes, interpret, backward_impl,
+                        kernel_layout):
+  out = sepconv_pallas(image, vertical, horizontal, block_sizes, interpret, backward_impl,
+                       kernel_layout)
   return out, (image, vertical, horizontal)
 
 
-def _sepconv_pallas_bwd(block_sizes, interpret, backward_impl, residuals, grad):
+def _sepconv_pallas_bwd(block_sizes, interpret, backward_impl, kernel_layout, residuals, grad):
   image, vertical, horizontal = residuals
-  if backward_impl == "reference":
-    _, vjp = jax.vjp(sepconv_reference, image, vertical, horizontal)
-    return vjp(grad)
-  if backward_impl != "pallas":
+  if backward_impl == "pallas":
+    return _backward(image, vertical, horizontal, grad, block_sizes=block_sizes,
+                     interpret=interpret, layout=kernel_layout)
+  if backward_impl != "reference":
     raise ValueError(f"backward_impl={backward_impl!r} must be 'pallas' or 'reference'")
-  return _backward(image, vertical, horizontal, grad, block_sizes=block_sizes, interpret=interpret)
+  reference = sepconv_reference
+  if kernel_layout == "BHWK":
+    reference = lambda a, v, h: sepconv_reference(a, *(jnp.moveaxis(m, -1, 1) for m in (v, h)))
+  _, vjp = jax.vjp(reference, image, vertical, horizontal)
+  return vjp(grad)
 
 
 sepconv_pallas.defvjp(_sepconv_pallas_fwd, _sepconv_pallas_bwd)
