@@ -53,6 +53,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import pallas_kernels  # noqa: E402
+from benchmarks.bench_sepconv import _best_time as best_seconds  # noqa: E402
+from benchmarks.bench_sepconv import operands as bench_operands  # noqa: E402
 from pallas_kernels.reference import sepconv_reference  # noqa: E402
 
 # float32 CUDA-core peak (TFLOP/s, boost clock, dense) and memory bandwidth (TB/s), from the
@@ -123,22 +125,10 @@ def op_bytes(batch: int, channels: int, height: int, width: int, k: int) -> floa
   return 4.0 * batch * (image + 2 * k * height * width + channels * height * width)
 
 
-def best_seconds(fn, args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile and warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return min(times)
-
-
-def operands(batch: int, height: int, width: int, k: int, channels: int = 3, seed: int = 0):
-  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
-  image = jax.random.uniform(keys[0], (batch, channels, height + k - 1, width + k - 1))
-  vertical = jax.random.normal(keys[1], (batch, k, height, width)) / k
-  horizontal = jax.random.normal(keys[2], (batch, k, height, width)) / k
-  cotangent = jax.random.normal(keys[3], (batch, channels, height, width))
+def operands(batch: int, height: int, width: int, k: int, channels: int = 3):
+  """`bench_sepconv.operands` (image, vertical, horizontal) and a cotangent for the output."""
+  image, vertical, horizontal = bench_operands(height, width, k, channels, batch)
+  cotangent = jax.random.normal(jax.random.PRNGKey(3), (batch, channels, height, width))
   return image, vertical, horizontal, cotangent
 
 
