@@ -8,21 +8,18 @@ No kernel uses atomics: each program writes a disjoint tile of its outputs.
 
 Conventions are those of `pallas_kernels.reference`. Every kernel works on one (TH, TW) tile of
 pixels, TH and TW powers of two (Triton demands power-of-two array shapes), and holds what it
-gathers as (TH, TW, KP) register tensors, KP = K rounded up to a power of two: a pixel's K taps,
-or its K-wide image window row, in one load. Index arrays address the caller's arrays as they
+gathers as register tensors with a tap axis of KP = K rounded up to a power of two: a pixel's K
+taps, or its K-wide image window row, in one load. The forward and map-gradient kernels walk
+down the TH + K - 1 image rows their strip of TH rows reads, so that each image row, loaded
+once, serves every row of the strip. Index arrays address the caller's arrays as they
 are, in either map layout (BHWK, as the network emits them, or BKHW), and masks cover partial
 tiles and the padded taps, so nothing is transposed, padded or cropped around the kernels.
 Channels are the innermost loop, so a map load serves every channel. Loads per multiply-add:
 `loads_per_multiply_add` and pallas_kernels/README.md.
 
 What the Triton backend does not allow, and a Mosaic GPU port would: a programmable shared-memory
-stage. Pallas-Triton refs are global memory (a load is a `tt.load` through L1), there are no
-scratch buffers and no register shifts or dynamic slices of a loaded tile, so the image window
-cannot be staged once and read K x K times from on-chip memory; below one global load per
-multiply-add (each image element is used K*K times) needs that stage, see README.md.
-
-The Triton backend of Pallas is deprecated from jax 0.11 in favour of Mosaic GPU; the backend
-choice is kept inside this module so that a port touches nothing else.
+stage (Pallas-Triton refs are global memory, with no scratch buffers and no dynamic slices or
+shifts of a loaded tile), which would also reuse image elements across columns; see README.md.
 """
 
 from __future__ import annotations
@@ -42,10 +39,12 @@ _F32 = jnp.float32
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-  """Tile of output pixels per Pallas program, and Triton launch settings.
+  """Pixels per Pallas program (tile_h rows x tile_w columns), and Triton launch settings.
 
-  Every kernel holds a (tile_h, tile_w, KP) register tensor per operand it gathers (KP = K rounded
-  up to a power of two): 8 x 16 pixels x 64 taps is 64 registers per thread at 4 warps.
+  The forward and map-gradient kernels hold tile_h (tile_w, KP) tap tensors in registers (KP = K
+  rounded up to a power of two), the d image kernel (tile_h, tile_w, KP) gathers: at 8 x 16
+  pixels and 64 taps, 64 registers per thread at 4 warps. Taller strips cut the image loads
+  further (each image row serves up to tile_h output rows) at the cost of registers.
   """
 
   tile_h: int = 8
@@ -92,55 +91,81 @@ def _gather(view, mask):
   return plgpu.load(view, mask=mask, other=0.0).astype(_F32)
 
 
+def _strip_indices(k: int, tile_w: int):
+  """This program's batch index, first row y0, and its columns: (tile_w,) and broadcast over
+  KP = next_power_of_2(K) taps, (tile_w, KP), with the tap index."""
+  kp = pl.next_power_of_2(k)
+  x0 = pl.program_id(2) * tile_w
+  iota = jax.lax.broadcasted_iota
+  return (pl.program_id(0), pl.program_id(1), x0 + iota(jnp.int32, (tile_w,), 0),
+          x0 + iota(jnp.int32, (tile_w, kp), 0), iota(jnp.int32, (tile_w, kp), 1))
+
+
 def _forward_kernel(image_ref, vertical_ref, horizontal_ref, out_ref, *, k: int, channels: int,
                     height: int, width: int, tile_h: int, tile_w: int, layout: str):
-  """out[c, y, x] = sum_i V[i] * sum_j image[c, y+i, x+j] * H[j], for one (tile_h, tile_w) tile.
+  """out[c, y, x] = sum_i V[i] * sum_j image[c, y+i, x+j] * H[j], for a strip of tile_h rows
+  and tile_w columns.
 
-  Shaped for the loads, not for the loop nest of the definition:
-    * each pixel's K horizontal taps are loaded once, as a (tile_h, tile_w, KP) register tensor
-      (KP = K rounded up to a power of two, the extra taps masked to zero), not once per
-      channel and vertical tap (C*K = 153 times at K = 51, C = 3);
-    * per vertical tap, one (tile_h, tile_w, KP) gather of the image window row serves a whole
-      row sum, reduced in registers; channels are the innermost loop, so V[i] is loaded once
-      for all of them;
+  Shaped for the loads, not for the loop nest of the definition. The program walks down the
+  image rows its strip reads (tile_h + K - 1 of them) instead of over the taps:
+    * each pixel's K horizontal taps are loaded once, as one (tile_w, KP) register tensor per
+      strip row (KP = K rounded up to a power of two, the extra taps masked to zero);
+    * each image row is gathered once per channel as a (tile_w, KP) window and serves every strip
+      row that reads it (output row y reads image row y + i at its vertical tap i), so a loaded
+      image element feeds up to tile_h row sums, reduced in registers;
+    * the vertical tap of each (strip row, image row) pair is a (tile_w,) load serving all
+      channels;
     * the maps are read in their own layout ("BHWK", as the network emits them, or "BKHW")
-      through index arrays: no transpose, no padded copies (masks cover partial tiles, and the
+      through index arrays: no transpose, no padded copies (masks cover partial strips, and the
       image and output refs are the caller's arrays).
-  Global loads per multiply-add: C*K*K image + 2*K map loads per pixel for C*K*(K+1) multiply-
-  adds, about 0.99 (the previous design: 2 per multiply-add, each image load paired with a tap
-  load); see `loads_per_multiply_add`.
+  A row sum whose tap falls outside 0..K-1 (the strip's first and last image rows) is computed
+  and weighted by zero: tile_h - 1 of every tile_h + K - 1 image rows, 12% at K = 51, tile_h = 8.
+  Global loads per multiply-add: `loads_per_multiply_add("forward", ...)`, 0.15 at K = 51.
   """
-  b, ys, xs, ys3, xs3, taps = _tile_indices(k, tile_h, tile_w)
-  inside = (ys < height) & (xs < width)
-  valid = (ys3 < height) & (xs3 < width) & (taps < k)
+  b, strip, xs, xs2, taps = _strip_indices(k, tile_w)
+  y0 = strip * tile_h
+  cols_ok = xs < width
+  window_ok = (xs2 < width) & (taps < k)
   map_at = functools.partial(_map_at, b=b, layout=layout)
-  horizontal = _gather(map_at(horizontal_ref, ys3, xs3, taps), valid)
+  rows_ok = [y0 + r < height for r in range(tile_h)]
+  horizontal = [_gather(map_at(horizontal_ref, y0 + r, xs2, taps), window_ok & rows_ok[r])
+                for r in range(tile_h)]
 
-  def over_vertical_taps(i, sums):
-    vertical = _gather(map_at(vertical_ref, ys, xs, i), inside)
-    new_sums = []
-    for c in range(channels):  # innermost: one vertical tap load serves every channel
-      window = _gather(image_ref.at[b, c, ys3 + i, xs3 + taps], valid)
-      new_sums.append(sums[c] + vertical * jnp.sum(window * horizontal, axis=2))
-    return tuple(new_sums)
+  def over_image_rows(t, sums):  # image row y0 + t, read at tap t - r by strip row r
+    windows = [_gather(image_ref.at[b, c, y0 + t, xs2 + taps],
+                       window_ok & (y0 + t < height + k - 1)) for c in range(channels)]
+    sums = list(sums)
+    for r in range(tile_h):
+      tap = t - r
+      tap_ok = rows_ok[r] & (tap >= 0) & (tap < k)
+      vertical = _gather(map_at(vertical_ref, y0 + r, xs, jnp.clip(tap, 0, k - 1)),
+                         cols_ok & tap_ok)  # zero where the tap does not exist
+      for c in range(channels):
+        sums[r * channels + c] += vertical * jnp.sum(windows[c] * horizontal[r], axis=1)
+    return tuple(sums)
 
-  zeros = jnp.zeros((tile_h, tile_w), _F32)
-  sums = jax.lax.fori_loop(0, k, over_vertical_taps, (zeros,) * channels)
-  for c in range(channels):
-    plgpu.store(out_ref.at[b, c, ys, xs], sums[c].astype(out_ref.dtype), mask=inside)
+  zeros = jnp.zeros((tile_w,), _F32)
+  sums = jax.lax.fori_loop(0, k + tile_h - 1, over_image_rows, (zeros,) * (tile_h * channels))
+  for r in range(tile_h):
+    for c in range(channels):
+      plgpu.store(out_ref.at[b, c, y0 + r, xs], sums[r * channels + c].astype(out_ref.dtype),
+                  mask=cols_ok & rows_ok[r])
 
 
-def loads_per_multiply_add(kernel: str, k: int, channels: int, design: str = "now") -> float:
+def loads_per_multiply_add(kernel: str, k: int, channels: int, design: str = "now",
+                           rows: int = 8) -> float:
   """Global loads (elements, before any cache) per multiply-add of a kernel, counted from its
   structure per output pixel: `kernel` "forward", "backward_maps" (d vertical and d horizontal
-  together) or "backward_image"; `design` "now" (this module) or "first" (until 2026-12-02: a
-  load of each operand per tap, maps re-read for every channel, the two map gradients in two
-  kernels)."""
-  c, kk = channels, k * k
+  together) or "backward_image"; `design` "now" (this module, strips of `rows` rows for the
+  first two) or "first" (until 2026-12-02: a load of each operand per tap, maps re-read for
+  every channel, the two map gradients in two kernels)."""
+  c, kk, span = channels, k * k, k + rows - 1  # image rows a strip reads
   counts = {  # (loads, multiply-adds) per output pixel
-      ("forward", "now"): (c * kk + 2 * k, c * k * (k + 1)),
+      # image: span rows x C windows of K per strip row; H: K; V: one per (strip row, image row)
+      ("forward", "now"): (span * c * k / rows + k + span, c * k * (k + 1)),
       ("forward", "first"): (2 * c * kk + c * k, c * k * (k + 1)),
-      ("backward_maps", "now"): (c * kk + 2 * k + c, 2 * c * kk),
+      # the same, plus g (C); every window element feeds a d vertical and a d horizontal product
+      ("backward_maps", "now"): (span * c * k / rows + k + span + c, 2 * c * kk),
       ("backward_maps", "first"): (2 * (2 * c * kk + c * k), 2 * c * kk),
       ("backward_image", "now"): ((2 + c) * kk, c * kk),
       ("backward_image", "first"): (3 * c * kk, c * kk),
@@ -154,36 +179,49 @@ def loads_per_multiply_add(kernel: str, k: int, channels: int, design: str = "no
 def _backward_maps_kernel(image_ref, vertical_ref, horizontal_ref, grad_ref, d_vertical_ref,
                           d_horizontal_ref, *, k: int, channels: int, height: int, width: int,
                           tile_h: int, tile_w: int, layout: str):
-  """Both kernel-map gradients of one tile, from one pass over the image window:
+  """Both kernel-map gradients of a strip, from one walk down the image rows it reads (as the
+  forward kernel walks them):
 
     d_vertical[i]   = sum_c g[c] * sum_j image[c, y+i, x+j] * H[j]
     d_horizontal[j] = sum_c g[c] * sum_i image[c, y+i, x+j] * V[i]
 
-  Each (tile_h, tile_w, KP) window gather (one per vertical tap and channel) feeds a row sum for
-  d vertical and a multiply-add into the register-held d horizontal accumulator, so a loaded image
-  element serves two multiply-adds: about 0.5 global loads per multiply-add.
+  Each (tile_w, KP) window gather serves every strip row that reads its image row, for a row sum
+  into d vertical (stored at that row's tap) and a multiply-add into the row's register-held
+  d horizontal accumulator: `loads_per_multiply_add("backward_maps", ...)`, 0.08 at K = 51.
   """
-  b, ys, xs, ys3, xs3, taps = _tile_indices(k, tile_h, tile_w)
-  inside = (ys < height) & (xs < width)
-  valid = (ys3 < height) & (xs3 < width) & (taps < k)
+  b, strip, xs, xs2, taps = _strip_indices(k, tile_w)
+  y0 = strip * tile_h
+  cols_ok = xs < width
+  window_ok = (xs2 < width) & (taps < k)
   map_at = functools.partial(_map_at, b=b, layout=layout)
-  horizontal = _gather(map_at(horizontal_ref, ys3, xs3, taps), valid)
-  grads = [_gather(grad_ref.at[b, c, ys, xs], inside) for c in range(channels)]
+  rows_ok = [y0 + r < height for r in range(tile_h)]
+  horizontal = [_gather(map_at(horizontal_ref, y0 + r, xs2, taps), window_ok & rows_ok[r])
+                for r in range(tile_h)]
+  grads = [[_gather(grad_ref.at[b, c, y0 + r, xs], cols_ok & rows_ok[r])
+            for c in range(channels)] for r in range(tile_h)]
 
-  def over_vertical_taps(i, d_horizontal):
-    vertical = _gather(map_at(vertical_ref, ys, xs, i), inside)
-    d_vertical = jnp.zeros((tile_h, tile_w), _F32)
-    for c in range(channels):
-      window = _gather(image_ref.at[b, c, ys3 + i, xs3 + taps], valid)
-      d_vertical += grads[c] * jnp.sum(window * horizontal, axis=2)
-      d_horizontal += (grads[c] * vertical)[:, :, None] * window
-    plgpu.store(map_at(d_vertical_ref, ys, xs, i), d_vertical.astype(d_vertical_ref.dtype),
-                mask=inside)
-    return d_horizontal
+  def over_image_rows(t, d_horizontal):
+    windows = [_gather(image_ref.at[b, c, y0 + t, xs2 + taps],
+                       window_ok & (y0 + t < height + k - 1)) for c in range(channels)]
+    d_horizontal = list(d_horizontal)
+    for r in range(tile_h):
+      tap = t - r
+      tap_ok = rows_ok[r] & (tap >= 0) & (tap < k)
+      tap_index = jnp.clip(tap, 0, k - 1)
+      vertical = _gather(map_at(vertical_ref, y0 + r, xs, tap_index), cols_ok & tap_ok)
+      d_vertical = jnp.zeros((tile_w,), _F32)
+      for c in range(channels):
+        d_vertical += grads[r][c] * jnp.sum(windows[c] * horizontal[r], axis=1)
+        d_horizontal[r] += (grads[r][c] * vertical)[:, None] * windows[c]
+      plgpu.store(map_at(d_vertical_ref, y0 + r, xs, tap_index),
+                  d_vertical.astype(d_vertical_ref.dtype), mask=cols_ok & tap_ok)
+    return tuple(d_horizontal)
 
-  d_horizontal = jax.lax.fori_loop(0, k, over_vertical_taps, jnp.zeros(ys3.shape, _F32))
-  plgpu.store(map_at(d_horizontal_ref, ys3, xs3, taps),
-              d_horizontal.astype(d_horizontal_ref.dtype), mask=valid)
+  d_horizontal = jax.lax.fori_loop(0, k + tile_h - 1, over_image_rows,
+                                   (jnp.zeros(xs2.shape, _F32),) * tile_h)
+  for r in range(tile_h):
+    plgpu.store(map_at(d_horizontal_ref, y0 + r, xs2, taps),
+                d_horizontal[r].astype(d_horizontal_ref.dtype), mask=window_ok & rows_ok[r])
 
 
 def _backward_image_kernel(vertical_ref, horizontal_ref, grad_ref, d_image_ref, *, k: int,

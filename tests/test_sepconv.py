@@ -250,8 +250,9 @@ def test_pallas_kernels_read_bhwk_maps_without_a_transpose():
   figures = {(kernel, design): loads_per_multiply_add(kernel, 51, 3, design)
              for kernel in ("forward", "backward_maps", "backward_image")
              for design in ("now", "first")}
-  assert figures["forward", "now"] < 1.0 < 1.9 < figures["forward", "first"]
-  assert figures["backward_maps", "now"] < 0.51 < 1.9 < figures["backward_maps", "first"]
+  # The target: under 0.5 global loads per multiply-add.
+  assert figures["forward", "now"] < 0.2 < 1.9 < figures["forward", "first"]
+  assert figures["backward_maps", "now"] < 0.1 < 1.9 < figures["backward_maps", "first"]
   assert figures["backward_image", "now"] < 1.7 < 2.9 < figures["backward_image", "first"]
 
 
