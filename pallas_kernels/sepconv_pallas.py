@@ -91,14 +91,43 @@ def _gather(view, mask):
   return plgpu.load(view, mask=mask, other=0.0).astype(_F32)
 
 
-def _strip_indices(k: int, tile_w: int):
-  """This program's batch index, first row y0, and its columns: (tile_w,) and broadcast over
-  KP = next_power_of_2(K) taps, (tile_w, KP), with the tap index."""
-  kp = pl.next_power_of_2(k)
-  x0 = pl.program_id(2) * tile_w
-  iota = jax.lax.broadcasted_iota
-  return (pl.program_id(0), pl.program_id(1), x0 + iota(jnp.int32, (tile_w,), 0),
-          x0 + iota(jnp.int32, (tile_w, kp), 0), iota(jnp.int32, (tile_w, kp), 1))
+class _Strip:
+  """What the forward and map-gradient kernels share: this program's strip of tile_h rows and
+  tile_w columns, its masks, and the loads of its walk down the image rows it reads."""
+
+  def __init__(self, *, k: int, height: int, width: int, tile_h: int, tile_w: int, layout: str):
+    kp = pl.next_power_of_2(k)
+    x0 = pl.program_id(2) * tile_w
+    iota = jax.lax.broadcasted_iota
+    self.b, self.y0 = pl.program_id(0), pl.program_id(1) * tile_h
+    self.k, self.height, self.tile_h = k, height, tile_h
+    self.xs = x0 + iota(jnp.int32, (tile_w,), 0)
+    self.xs2 = x0 + iota(jnp.int32, (tile_w, kp), 0)  # (tile_w, KP): columns over the taps
+    self.taps = iota(jnp.int32, (tile_w, kp), 1)
+    self.cols_ok = self.xs < width
+    self.window_ok = (self.xs2 < width) & (self.taps < k)
+    self.rows_ok = [self.y0 + r < height for r in range(tile_h)]
+    self.map_at = functools.partial(_map_at, b=self.b, layout=layout)
+
+  def row_taps(self, map_ref) -> list:
+    """Each strip row's K taps of a map, as (tile_w, KP) (zero beyond K and outside)."""
+    return [_gather(self.map_at(map_ref, self.y0 + r, self.xs2, self.taps),
+                    self.window_ok & self.rows_ok[r]) for r in range(self.tile_h)]
+
+  def windows(self, image_ref, t: int, channels: int) -> list:
+    """Image row y0 + t of each channel as (tile_w, KP) windows: [x, j] is column x + j."""
+    inside = self.window_ok & (self.y0 + t < self.height + self.k - 1)
+    return [_gather(image_ref.at[self.b, c, self.y0 + t, self.xs2 + self.taps], inside)
+            for c in range(channels)]
+
+  def vertical_tap(self, vertical_ref, r: int, t):
+    """Strip row r's vertical tap for image row y0 + t (tap t - r): (values, tap index, whether
+    the tap exists); the values are zero where it does not."""
+    tap = t - r
+    tap_ok = self.cols_ok & self.rows_ok[r] & (tap >= 0) & (tap < self.k)
+    tap_index = jnp.clip(tap, 0, self.k - 1)
+    return _gather(self.map_at(vertical_ref, self.y0 + r, self.xs, tap_index), tap_ok), \
+        tap_index, tap_ok
 
 
 def _forward_kernel(image_ref, vertical_ref, horizontal_ref, out_ref, *, k: int, channels: int,
@@ -122,24 +151,14 @@ def _forward_kernel(image_ref, vertical_ref, horizontal_ref, out_ref, *, k: int,
   and weighted by zero: tile_h - 1 of every tile_h + K - 1 image rows, 12% at K = 51, tile_h = 8.
   Global loads per multiply-add: `loads_per_multiply_add("forward", ...)`, 0.15 at K = 51.
   """
-  b, strip, xs, xs2, taps = _strip_indices(k, tile_w)
-  y0 = strip * tile_h
-  cols_ok = xs < width
-  window_ok = (xs2 < width) & (taps < k)
-  map_at = functools.partial(_map_at, b=b, layout=layout)
-  rows_ok = [y0 + r < height for r in range(tile_h)]
-  horizontal = [_gather(map_at(horizontal_ref, y0 + r, xs2, taps), window_ok & rows_ok[r])
-                for r in range(tile_h)]
+  strip = _Strip(k=k, height=height, width=width, tile_h=tile_h, tile_w=tile_w, layout=layout)
+  horizontal = strip.row_taps(horizontal_ref)
 
   def over_image_rows(t, sums):  # image row y0 + t, read at tap t - r by strip row r
-    windows = [_gather(image_ref.at[b, c, y0 + t, xs2 + taps],
-                       window_ok & (y0 + t < height + k - 1)) for c in range(channels)]
+    windows = strip.windows(image_ref, t, channels)
     sums = list(sums)
     for r in range(tile_h):
-      tap = t - r
-      tap_ok = rows_ok[r] & (tap >= 0) & (tap < k)
-      vertical = _gather(map_at(vertical_ref, y0 + r, xs, jnp.clip(tap, 0, k - 1)),
-                         cols_ok & tap_ok)  # zero where the tap does not exist
+      vertical, _, _ = strip.vertical_tap(vertical_ref, r, t)
       for c in range(channels):
         sums[r * channels + c] += vertical * jnp.sum(windows[c] * horizontal[r], axis=1)
     return tuple(sums)
@@ -148,8 +167,9 @@ def _forward_kernel(image_ref, vertical_ref, horizontal_ref, out_ref, *, k: int,
   sums = jax.lax.fori_loop(0, k + tile_h - 1, over_image_rows, (zeros,) * (tile_h * channels))
   for r in range(tile_h):
     for c in range(channels):
-      plgpu.store(out_ref.at[b, c, y0 + r, xs], sums[r * channels + c].astype(out_ref.dtype),
-                  mask=cols_ok & rows_ok[r])
+      plgpu.store(out_ref.at[strip.b, c, strip.y0 + r, strip.xs],
+                  sums[r * channels + c].astype(out_ref.dtype),
+                  mask=strip.cols_ok & strip.rows_ok[r])
 
 
 def loads_per_multiply_add(kernel: str, k: int, channels: int, design: str = "now",
@@ -189,39 +209,31 @@ def _backward_maps_kernel(image_ref, vertical_ref, horizontal_ref, grad_ref, d_v
   into d vertical (stored at that row's tap) and a multiply-add into the row's register-held
   d horizontal accumulator: `loads_per_multiply_add("backward_maps", ...)`, 0.08 at K = 51.
   """
-  b, strip, xs, xs2, taps = _strip_indices(k, tile_w)
-  y0 = strip * tile_h
-  cols_ok = xs < width
-  window_ok = (xs2 < width) & (taps < k)
-  map_at = functools.partial(_map_at, b=b, layout=layout)
-  rows_ok = [y0 + r < height for r in range(tile_h)]
-  horizontal = [_gather(map_at(horizontal_ref, y0 + r, xs2, taps), window_ok & rows_ok[r])
-                for r in range(tile_h)]
-  grads = [[_gather(grad_ref.at[b, c, y0 + r, xs], cols_ok & rows_ok[r])
+  strip = _Strip(k=k, height=height, width=width, tile_h=tile_h, tile_w=tile_w, layout=layout)
+  b, y0, xs = strip.b, strip.y0, strip.xs
+  horizontal = strip.row_taps(horizontal_ref)
+  grads = [[_gather(grad_ref.at[b, c, y0 + r, xs], strip.cols_ok & strip.rows_ok[r])
             for c in range(channels)] for r in range(tile_h)]
 
   def over_image_rows(t, d_horizontal):
-    windows = [_gather(image_ref.at[b, c, y0 + t, xs2 + taps],
-                       window_ok & (y0 + t < height + k - 1)) for c in range(channels)]
+    windows = strip.windows(image_ref, t, channels)
     d_horizontal = list(d_horizontal)
     for r in range(tile_h):
-      tap = t - r
-      tap_ok = rows_ok[r] & (tap >= 0) & (tap < k)
-      tap_index = jnp.clip(tap, 0, k - 1)
-      vertical = _gather(map_at(vertical_ref, y0 + r, xs, tap_index), cols_ok & tap_ok)
+      vertical, tap_index, tap_ok = strip.vertical_tap(vertical_ref, r, t)
       d_vertical = jnp.zeros((tile_w,), _F32)
       for c in range(channels):
         d_vertical += grads[r][c] * jnp.sum(windows[c] * horizontal[r], axis=1)
         d_horizontal[r] += (grads[r][c] * vertical)[:, None] * windows[c]
-      plgpu.store(map_at(d_vertical_ref, y0 + r, xs, tap_index),
-                  d_vertical.astype(d_vertical_ref.dtype), mask=cols_ok & tap_ok)
+      plgpu.store(strip.map_at(d_vertical_ref, y0 + r, xs, tap_index),
+                  d_vertical.astype(d_vertical_ref.dtype), mask=tap_ok)
     return tuple(d_horizontal)
 
   d_horizontal = jax.lax.fori_loop(0, k + tile_h - 1, over_image_rows,
-                                   (jnp.zeros(xs2.shape, _F32),) * tile_h)
+                                   (jnp.zeros(strip.xs2.shape, _F32),) * tile_h)
   for r in range(tile_h):
-    plgpu.store(map_at(d_horizontal_ref, y0 + r, xs2, taps),
-                d_horizontal[r].astype(d_horizontal_ref.dtype), mask=window_ok & rows_ok[r])
+    plgpu.store(strip.map_at(d_horizontal_ref, y0 + r, strip.xs2, strip.taps),
+                d_horizontal[r].astype(d_horizontal_ref.dtype),
+                mask=strip.window_ok & strip.rows_ok[r])
 
 
 def _backward_image_kernel(vertical_ref, horizontal_ref, grad_ref, d_image_ref, *, k: int,
