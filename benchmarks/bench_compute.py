@@ -12,7 +12,7 @@ Paths (`pallas_kernels.conv`; the compiler options are per computation, XLA_FLAG
                    e.g. the commit before the oneDNN path; without it, this code's lax.conv
                    float32 path with XLA:CPU's defaults
   xla-f32 before   the same convolutions in this process, with freed memory kept for reuse
-  xla-f32          the same with YNNPACK off (`xla_compiler_options`), the float32 fallback today
+  xla-f32          the same with YNNPACK off (`xla_compiler_options`: the float32 fallback on AVX-512)
   xla-bf16         bfloat16 operands through XLA (YNNPACK on: it owns XLA's bf16 dot kernels)
   onednn-f32       oneDNN behind jax.ffi, float32
   onednn-bf16      oneDNN, bfloat16 operands, float32 accumulation (AMX / AVX512-BF16 where the

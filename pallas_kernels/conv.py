@@ -43,8 +43,20 @@ CONV_IMPLEMENTATIONS = ("onednn", "xla")
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # XLA:CPU's option that routes convolutions to YNNPACK (on by default in this jaxlib). Emptying it
 # leaves float32 convolutions to Eigen, which is 1.3-5x faster at the U-Net's shapes on the
-# project's machines (benchmarks/bench_conv.py); see `xla_compiler_options`.
+# project's AVX-512 machines, but 1.2x slower in all on an AVX2-only one (YNNPACK's full-resolution
+# layers up to 2.6x faster there; benchmarks/bench_compute.py --parts layers); see
+# `xla_compiler_options`.
 _YNNPACK_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def cpu_has_avx512() -> bool:
+  """Whether the CPU has AVX-512 (Linux's /proc/cpuinfo flags; False where that is unreadable)."""
+  try:
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+      return any(line.startswith("flags") and " avx512f" in line for line in cpuinfo)
+  except OSError:
+    return False
 
 
 def check_precision(precision) -> str:
@@ -94,15 +106,17 @@ def describe(impl: str | None = None, precision: str | None = None) -> str:
 def xla_compiler_options(impl: str | None = None, precision: str | None = None,
                          backend: str | None = None) -> dict[str, str]:
   """Per-computation XLA options that make the network faster: with float32 convolutions on
-  XLA:CPU, YNNPACK off (Eigen's convolutions are faster there); nothing otherwise. Pass the
-  result as `jax.jit(..., compiler_options=...)`; the user's XLA_FLAGS are left alone."""
+  XLA:CPU and an AVX-512 CPU, YNNPACK off (Eigen's convolutions are faster there, not on AVX2);
+  nothing otherwise. Pass the result as `jax.jit(..., compiler_options=...)`; the user's
+  XLA_FLAGS are left alone."""
   backend = backend or jax.default_backend()
   if backend != "cpu":
     return {}
   impl = impl or default_conv_impl(backend)
   precision = precision or default_precision(backend)
   # With bfloat16 on XLA, YNNPACK is what reaches the matrix units (bf16 dots): leave it on.
-  return dict(_YNNPACK_OFF) if impl == "xla" and precision == "float32" else {}
+  eigen_faster = impl == "xla" and precision == "float32" and cpu_has_avx512()
+  return dict(_YNNPACK_OFF) if eigen_faster else {}
 
 
 def _check_shapes(x, kernel, bias) -> None:
@@ -186,7 +200,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, precision: str =
   if impl == "onednn":
     if precision == "bfloat16" and not conv_onednn.bfloat16_native():
       warn_fallback("bfloat16 in hardware", f"oneDNN's best instruction set here is "
-                    f"{conv_onednn.cpu_isa()}", "oneDNN emulates it, slower than float32")
+                    f"{conv_onednn.cpu_isa()}", "bfloat16 is emulated, no faster than float32")
     return conv_onednn.conv_onednn(x, kernel, bias, jnp.dtype(precision))
   if impl == "xla":
     return conv2d_xla(x, kernel, bias, precision)

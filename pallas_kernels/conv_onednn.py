@@ -5,8 +5,9 @@ Conventions (those of `pallas_kernels.conv`): x (N, H, W, Ci) NHWC, kernel (KH, 
 with odd KH and KW, "SAME" zero padding, stride 1, bias (Co); the result is float32. With
 `precision="bfloat16"` the operands of each convolution (x, kernel and, in the backward pass, the
 cotangent) are rounded to bfloat16 and the products accumulate in float32, which oneDNN runs on the
-CPU's bfloat16 units (AVX512-BF16 dot products, AMX tiles); results, gradients and the cotangents
-passed on between layers stay float32, and the bias gradient is summed from the float32 cotangent.
+CPU's bfloat16 units (AVX512-BF16 dot products, AMX tiles; on other CPUs see `conv_onednn`);
+results, gradients and the cotangents passed on between layers stay float32, and the bias gradient
+is summed from the float32 cotangent.
 
 oneDNN comes from PyPI (`onednn-cpu-gomp` with `onednn-devel-cpu-gomp`: the shared library and
 headers installed under the environment's prefix, or a tree named by `$ONEDNN_ROOT`). The glue,
@@ -122,7 +123,7 @@ def cpu_isa() -> str:
 
 def bfloat16_native() -> bool:
   """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16, AMX, AVX2-VNNI-2): only then
-  is bfloat16 faster than float32; elsewhere oneDNN emulates it."""
+  is bfloat16 faster than float32."""
   return onednn_available() and cpu_isa() in ("avx512_core_amx", "avx512_core_fp16",
                                               "avx512_core_bf16", "avx2_vnni_2")
 
@@ -133,31 +134,45 @@ def _forward_call(x, kernel, bias):
                           vmap_method="sequential")(x, kernel, bias)
 
 
-# Static arguments: the operand dtype, and the arguments' dtypes (the gradients' dtypes).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _conv(x, kernel, bias, operand_dtype, dtypes):
-  del dtypes
-  return _forward_call(x.astype(operand_dtype), _weights(kernel), bias.astype(jnp.float32))
+def _operand(value, operand_dtype, rounded):
+  """`value` as a convolution operand: cast to `operand_dtype`, or, when `rounded` (bfloat16 on a
+  CPU without bfloat16 hardware), rounded to bfloat16 and kept float32. Products of bfloat16
+  values are exact in float32, so a float32 convolution of rounded operands is the bfloat16
+  convolution with float32 accumulation, up to summation order."""
+  if rounded:
+    return value.astype(jnp.bfloat16).astype(jnp.float32)
+  return value.astype(operand_dtype)
 
 
-def _weights(kernel):
+def _weights(kernel, rounded):
+  if rounded:
+    return _operand(kernel, jnp.bfloat16, rounded)
   # float32 or bfloat16 go to oneDNN as they are: its reorder into the primitive's blocked layout
-  # also rounds them to the operand dtype, in the same pass.
+  # also rounds them to the operand dtype (the activations'), in the same pass.
   return kernel if kernel.dtype in (jnp.float32, jnp.bfloat16) else kernel.astype(jnp.float32)
 
 
-def _conv_fwd(x, kernel, bias, operand_dtype, dtypes):
+# Static arguments: the operand dtype, whether bfloat16 operands are rounded float32 ones (see
+# `_operand`), and the arguments' dtypes (the gradients' dtypes).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _conv(x, kernel, bias, operand_dtype, rounded, dtypes):
   del dtypes
-  x_op, kernel_op = x.astype(operand_dtype), _weights(kernel)
+  return _forward_call(_operand(x, operand_dtype, rounded), _weights(kernel, rounded),
+                       bias.astype(jnp.float32))
+
+
+def _conv_fwd(x, kernel, bias, operand_dtype, rounded, dtypes):
+  del dtypes
+  x_op, kernel_op = _operand(x, operand_dtype, rounded), _weights(kernel, rounded)
   # The rounded activations are a residual: half the memory of float32 ones in bfloat16, and the
   # weight gradient reads them in that dtype anyway.
   return _forward_call(x_op, kernel_op, bias.astype(jnp.float32)), (x_op, kernel_op)
 
 
-def _conv_bwd(operand_dtype, dtypes, residuals, g):
+def _conv_bwd(operand_dtype, rounded, dtypes, residuals, g):
   x_op, kernel_op = residuals
   x_dtype, kernel_dtype, bias_dtype = dtypes
-  g_op = g.astype(operand_dtype)
+  g_op = _operand(g, operand_dtype, rounded)
   d_x = jax.ffi.ffi_call("sepconv_jax_onednn_conv_backward_data",
                          jax.ShapeDtypeStruct(x_op.shape, jnp.float32),
                          vmap_method="sequential")(g_op, kernel_op)
@@ -175,9 +190,14 @@ def conv_onednn(x: jax.Array, kernel: jax.Array, bias: jax.Array,
                 operand_dtype=jnp.float32) -> jax.Array:
   """conv(x, kernel) + bias on oneDNN (see the module docstring); float32 (N, H, W, Co).
 
-  Differentiable in all three arguments (gradients in each argument's dtype). Raises RuntimeError
-  with the reason when oneDNN or the glue is unavailable.
+  Differentiable in all three arguments (gradients in each argument's dtype). With bfloat16 on a
+  CPU without bfloat16 hardware (`bfloat16_native()` False), the operands are rounded to bfloat16
+  and convolved in float32: the same values at float32 speed, where oneDNN's own bfloat16 is
+  emulated (slower) on AVX-512 and does not exist on AVX2 (creating the primitive fails). Raises
+  RuntimeError with the reason when oneDNN or the glue is unavailable.
   """
   _LIBRARY.require()
+  operand_dtype = jnp.dtype(operand_dtype)
+  rounded = operand_dtype == jnp.bfloat16 and not bfloat16_native()
   dtypes = (jnp.dtype(x.dtype), jnp.dtype(kernel.dtype), jnp.dtype(bias.dtype))
-  return _conv(x, kernel, bias, jnp.dtype(operand_dtype), dtypes)
+  return _conv(x, kernel, bias, operand_dtype, rounded, dtypes)

@@ -138,12 +138,23 @@ def test_onednn_reports_its_instruction_set():
   assert "oneDNN" in conv.describe("onednn", "bfloat16")
 
 
-def test_compiler_options_turn_ynnpack_off_only_for_float32_on_xla():
+def test_compiler_options_turn_ynnpack_off_only_for_float32_on_xla_with_avx512(monkeypatch):
+  monkeypatch.setattr(conv, "cpu_has_avx512", lambda: True)
   assert conv.xla_compiler_options("xla", "float32", "cpu") == {
       "xla_cpu_experimental_ynn_fusion_type": ""}
   assert conv.xla_compiler_options("xla", "bfloat16", "cpu") == {}
   assert conv.xla_compiler_options("onednn", "float32", "cpu") == {}
   assert conv.xla_compiler_options("xla", "float32", "gpu") == {}
+  monkeypatch.setattr(conv, "cpu_has_avx512", lambda: False)  # AVX2: YNNPACK is the faster
+  assert conv.xla_compiler_options("xla", "float32", "cpu") == {}
+
+
+def test_avx512_detection_reads_this_cpu():
+  flags = pathlib.Path("/proc/cpuinfo")
+  if flags.is_file():
+    assert conv.cpu_has_avx512() == (" avx512f" in flags.read_text())
+  else:
+    assert conv.cpu_has_avx512() is False
 
 
 def _run(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -252,10 +263,19 @@ def test_bfloat16_xla_path_lowers_for_cuda():
 
 
 @ONEDNN
-def test_bfloat16_without_hardware_support_warns(monkeypatch):
+def test_bfloat16_without_hardware_support_warns_and_rounds(monkeypatch):
+  # Where the CPU has no bfloat16 hardware (plain AVX2 has no oneDNN bfloat16 convolution at all),
+  # bfloat16 is float32 convolutions of rounded operands: the same values as the real thing.
   from pallas_kernels import _native  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(conv_onednn, "bfloat16_native", lambda: False)
   monkeypatch.setattr(_native, "_warned", set())
-  x, kernel, bias, _ = _operands((1, 4, 4, 3, 2, 3, 3))
-  with pytest.warns(RuntimeWarning, match="emulates it"):
-    conv.conv2d(x, kernel, bias, precision="bfloat16", impl="onednn")
+  x, kernel, bias, g = _operands((2, 7, 9, 6, 32, 3, 3))
+  fn = functools.partial(conv.conv2d, precision="bfloat16", impl="onednn")
+  with pytest.warns(RuntimeWarning, match="emulated, no faster"):
+    results = _value_and_grads(fn, x, kernel, bias, g)
+  r = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
+  out, d_x, d_kernel, _ = _value_and_grads(_reference, r(x), r(kernel), bias, r(g))
+  for name, actual, wanted in zip(("out", "d x", "d kernel", "d bias"), results,
+                                  (out, d_x, d_kernel, jnp.sum(g, (0, 1, 2)))):
+    assert actual.dtype == jnp.float32, name
+    _assert_close(actual, wanted, TOLERANCE["bfloat16 vs rounded"], f"rounded {name}")
