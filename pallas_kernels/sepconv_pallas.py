@@ -3,7 +3,7 @@
 Three kernels, each named so that it can be found in a lowered program:
   `sepconv_forward`          out  (B, C, H, W)
   `sepconv_backward_maps`    d vertical and d horizontal, from one pass over the image window
-  `sepconv_backward_image`   d image (gather form: every program owns its output tile)
+  `sepconv_backward_image`   d image (every program owns its output tile: banded matrix products)
 No kernel uses atomics: each program writes a disjoint tile of its outputs.
 
 Conventions are those of `pallas_kernels.reference`. Every kernel works on one (TH, TW) tile of
@@ -42,9 +42,11 @@ class BlockSizes:
   """Pixels per Pallas program (tile_h rows x tile_w columns), and Triton launch settings.
 
   The forward and map-gradient kernels hold tile_h (tile_w, KP) tap tensors in registers (KP = K
-  rounded up to a power of two), the d image kernel (tile_h, tile_w, KP) gathers: at 8 x 16
-  pixels and 64 taps, 64 registers per thread at 4 warps. Taller strips cut the image loads
-  further (each image row serves up to tile_h output rows) at the cost of registers.
+  rounded up to a power of two): at 8 x 16 pixels and 64 taps, 64 registers per thread at 4
+  warps. Taller strips cut the image loads further (each image row serves up to tile_h output
+  rows) at the cost of registers. The d image kernel's matrix products need tile_h * CP and
+  tile_w of at least 16 (CP: the channels rounded up to a power of two), so its tiles are
+  widened to that where these are smaller.
   """
 
   tile_h: int = 8
@@ -67,18 +69,6 @@ class BlockSizes:
 # --------------------------------------------------------------------------------------------
 # Kernels. Refs hold whole arrays in global memory; each program reads the tiles it needs.
 # --------------------------------------------------------------------------------------------
-
-
-def _tile_indices(k: int, tile_h: int, tile_w: int):
-  """This program's batch index and its tile's pixel coordinates: (tile_h, tile_w) rows and
-  columns, and the same broadcast over KP = next_power_of_2(K) taps, with the tap index."""
-  shape3 = (tile_h, tile_w, pl.next_power_of_2(k))
-  y0, x0 = pl.program_id(1) * tile_h, pl.program_id(2) * tile_w
-  iota = jax.lax.broadcasted_iota
-  return (pl.program_id(0),
-          y0 + iota(jnp.int32, (tile_h, tile_w), 0), x0 + iota(jnp.int32, (tile_h, tile_w), 1),
-          y0 + iota(jnp.int32, shape3, 0), x0 + iota(jnp.int32, shape3, 1),
-          iota(jnp.int32, shape3, 2))
 
 
 def _map_at(ref, y, x, tap, *, b, layout: str):
@@ -173,13 +163,15 @@ def _forward_kernel(image_ref, vertical_ref, horizontal_ref, out_ref, *, k: int,
 
 
 def loads_per_multiply_add(kernel: str, k: int, channels: int, design: str = "now",
-                           rows: int = 8) -> float:
-  """Global loads (elements, before any cache) per multiply-add of a kernel, counted from its
-  structure per output pixel: `kernel` "forward", "backward_maps" (d vertical and d horizontal
-  together) or "backward_image"; `design` "now" (this module, strips of `rows` rows for the
-  first two) or "first" (until 2026-12-02: a load of each operand per tap, maps re-read for
+                           rows: int = 8, cols: int = 16) -> float:
+  """Global loads (elements, before any cache; masked lanes are not loads) per useful
+  multiply-add of a kernel, counted from its structure per output pixel: `kernel` "forward",
+  "backward_maps" (d vertical and d horizontal together) or "backward_image"; `design` "now"
+  (this module, tiles of `rows` x `cols` pixels), "gather" (d image only: the gather form of
+  2026-12-02) or "first" (until 2026-12-02: a load of each operand per tap, maps re-read for
   every channel, the two map gradients in two kernels)."""
-  c, kk, span = channels, k * k, k + rows - 1  # image rows a strip reads
+  c, kk, span = channels, k * k, k + rows - 1  # map or image rows a strip reads
+  map_cols = cols + k - 1  # map columns a d image tile reads
   counts = {  # (loads, multiply-adds) per output pixel
       # image: span rows x C windows of K per strip row; H: K; V: one per (strip row, image row)
       ("forward", "now"): (span * c * k / rows + k + span, c * k * (k + 1)),
@@ -187,7 +179,10 @@ def loads_per_multiply_add(kernel: str, k: int, channels: int, design: str = "no
       # the same, plus g (C); every window element feeds a d vertical and a d horizontal product
       ("backward_maps", "now"): (span * c * k / rows + k + span + c, 2 * c * kk),
       ("backward_maps", "first"): (2 * (2 * c * kk + c * k), 2 * c * kk),
-      ("backward_image", "now"): ((2 + c) * kk, c * kk),
+      # per map row: H's band (cols x K), g (C rows); V: one row per (map row, tile row) pair
+      ("backward_image", "now"): ((span * (cols * k + c * map_cols) + rows * k * map_cols)
+                                  / (rows * cols), c * kk),
+      ("backward_image", "gather"): ((2 + c) * kk, c * kk),
       ("backward_image", "first"): (3 * c * kk, c * kk),
   }
   if (kernel, design) not in counts:
@@ -239,35 +234,71 @@ def _backward_maps_kernel(image_ref, vertical_ref, horizontal_ref, grad_ref, d_v
 def _backward_image_kernel(vertical_ref, horizontal_ref, grad_ref, d_image_ref, *, k: int,
                            channels: int, height: int, width: int, tile_h: int, tile_w: int,
                            layout: str):
-  """d image of one tile of the (H+K-1, W+K-1) image, in gather form (no atomics):
+  """d image of one (tile_h, tile_w) tile of the (H+K-1, W+K-1) image, without atomics:
 
     d_image[c, Y, X] = sum_{i,j} g[c, Y-i, X-j] * V[i, Y-i, X-j] * H[j, Y-i, X-j]
 
-  over the pixels (Y-i, X-j) inside the (H, W) maps. Per vertical tap i, the (tile_h, tile_w, KP)
-  gathers of V, H and each channel's g at those pixels: (2 + C) / C global loads per multiply-add
-  (the first design: 3, and operands padded by K-1 rows and columns first).
+  over the pixels (Y-i, X-j) inside the (H, W) maps. The program walks the tile_h + K - 1 map
+  rows y its tile's rows draw on (tile row Y reads map row y at vertical tap Y - y). For one map
+  row, with the S = tile_w + K - 1 map columns x the tile reads (padded to SP, a power of two):
+    * g[c, y, x] (C rows) and V[Y - y, y, x] for every tile row (tile_h rows) are plain row loads,
+      and their products form a (tile_h * CP, SP) matrix (CP: C padded to a power of two);
+    * H's taps are gathered once into a banded (SP, tile_w) matrix, band[x, X] = H[X - x, y, x]
+      for 0 <= X - x < K, zero elsewhere (not loaded);
+    * one matrix product, products @ band, adds this map row's contribution to every tile row
+      and channel at once.
+  Each H element is loaded once per program and serves tile_h * C multiply-adds, each V element
+  C * K, each g element tile_h * K: `loads_per_multiply_add("backward_image", ...)`, 0.09 at
+  K = 51 and 8 x 16 pixels (the gather form before: 1.67). The price is arithmetic: the band is
+  K / SP dense and CP / C of the rows are padding, so the product does about 3.8x the useful
+  multiply-adds at K = 51 (tensor-core friendly; float32 `precision=HIGHEST` here).
   """
-  b, ys, xs, ys3, xs3, taps = _tile_indices(k, tile_h, tile_w)
-  cols = xs3 - taps
-  cols_ok = (cols >= 0) & (cols < width) & (taps < k)
-  cols = jnp.clip(cols, 0, width - 1)  # masked lanes are not loaded; keep their address sane
+  cp, span = pl.next_power_of_2(channels), pl.next_power_of_2(tile_w + k - 1)
+  b, y0, x0 = pl.program_id(0), pl.program_id(1) * tile_h, pl.program_id(2) * tile_w
+  iota = jax.lax.broadcasted_iota
   map_at = functools.partial(_map_at, b=b, layout=layout)
 
-  def over_vertical_taps(i, sums):
-    rows = ys3 - i
-    ok = cols_ok & (rows >= 0) & (rows < height)
-    rows = jnp.clip(rows, 0, height - 1)
-    weight = (_gather(map_at(vertical_ref, rows, cols, i), ok)
-              * _gather(map_at(horizontal_ref, rows, cols, taps), ok))
-    return tuple(sums[c] + jnp.sum(_gather(grad_ref.at[b, c, rows, cols], ok) * weight, axis=2)
-                 for c in range(channels))
+  def source_columns(shape, axis):
+    """Map columns x0 - (K-1) + s along `axis` of `shape`, clipped, and where they are real."""
+    s = iota(jnp.int32, shape, axis)
+    cols = x0 - (k - 1) + s
+    return jnp.clip(cols, 0, width - 1), (cols >= 0) & (cols < width) & (s < tile_w + k - 1)
 
-  zeros = jnp.zeros(ys3.shape[:2], _F32)
-  sums = jax.lax.fori_loop(0, k, over_vertical_taps, (zeros,) * channels)
-  image_h, image_w = height + k - 1, width + k - 1
+  band_cols, band_cols_ok = source_columns((span, tile_w), 0)
+  band_taps = iota(jnp.int32, (span, tile_w), 1) - iota(jnp.int32, (span, tile_w), 0) + k - 1
+  band_ok = band_cols_ok & (band_taps >= 0) & (band_taps < k)
+  band_taps = jnp.clip(band_taps, 0, k - 1)
+  v_cols, v_cols_ok = source_columns((tile_h, span), 1)
+  tile_rows = y0 + iota(jnp.int32, (tile_h, span), 0)
+  g_cols, g_cols_ok = source_columns((cp, span), 1)
+  g_channels = iota(jnp.int32, (cp, span), 0)
+  g_ok = g_cols_ok & (g_channels < channels)
+  g_channels = jnp.minimum(g_channels, channels - 1)
+
+  def over_map_rows(t, acc):
+    y = y0 - (k - 1) + t
+    row_ok = (y >= 0) & (y < height)
+    y = jnp.clip(y, 0, height - 1)
+    band = _gather(map_at(horizontal_ref, y, band_cols, band_taps), band_ok & row_ok)
+    taps = tile_rows - y
+    v_ok = v_cols_ok & row_ok & (taps >= 0) & (taps < k)
+    vertical = _gather(map_at(vertical_ref, y, v_cols, jnp.clip(taps, 0, k - 1)), v_ok)
+    grad = _gather(grad_ref.at[b, g_channels, y, g_cols], g_ok & row_ok)
+    products = (vertical[:, None, :] * grad[None, :, :]).reshape(tile_h * cp, span)
+    return acc + jnp.dot(products, band, precision=jax.lax.Precision.HIGHEST,
+                         preferred_element_type=_F32)
+
+  acc = jax.lax.fori_loop(0, tile_h + k - 1, over_map_rows,
+                          jnp.zeros((tile_h * cp, tile_w), _F32)).reshape(tile_h, cp, tile_w)
+  # One channel at a time, picked out by a masked sum (Triton cannot slice a register tensor):
+  # a single store through clipped channel indices would write some addresses twice.
+  channel_of = iota(jnp.int32, (tile_h, cp, tile_w), 1)
+  ys = y0 + iota(jnp.int32, (tile_h, tile_w), 0)
+  xs = x0 + iota(jnp.int32, (tile_h, tile_w), 1)
   for c in range(channels):
-    plgpu.store(d_image_ref.at[b, c, ys, xs], sums[c].astype(d_image_ref.dtype),
-                mask=(ys < image_h) & (xs < image_w))
+    plgpu.store(d_image_ref.at[b, c, ys, xs],
+                jnp.sum(jnp.where(channel_of == c, acc, 0.0), axis=1).astype(d_image_ref.dtype),
+                mask=(ys < height + k - 1) & (xs < width + k - 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,8 +315,10 @@ def _map_dims(kernel_map: jax.Array, layout: str) -> tuple[int, int, int]:
 
 def _launch(kernel, name: str, inputs, out_shape, *, tile_over: tuple[int, int], k: int,
             channels: int, height: int, width: int, layout: str, block_sizes: BlockSizes,
-            interpret: bool):
+            interpret: bool, min_tile: tuple[int, int] = (1, 1)):
   blocks = block_sizes.fitted(*tile_over)
+  blocks = dataclasses.replace(blocks, tile_h=max(blocks.tile_h, min_tile[0]),
+                               tile_w=max(blocks.tile_w, min_tile[1]))
   return pl.pallas_call(
       functools.partial(kernel, k=k, channels=channels, height=height, width=width,
                         tile_h=blocks.tile_h, tile_w=blocks.tile_w, layout=layout),
@@ -321,9 +354,11 @@ def _backward(image, vertical, horizontal, grad, *, block_sizes: BlockSizes, int
       (jax.ShapeDtypeStruct(vertical.shape, vertical.dtype),
        jax.ShapeDtypeStruct(horizontal.shape, horizontal.dtype)),
       tile_over=(height, width), **common)
+  # Triton's matrix products want every dimension >= 16: tile_h * CP rows, tile_w columns.
   d_image = _launch(
       _backward_image_kernel, "sepconv_backward_image", (vertical, horizontal, grad),
-      jax.ShapeDtypeStruct(image.shape, image.dtype), tile_over=image.shape[2:], **common)
+      jax.ShapeDtypeStruct(image.shape, image.dtype), tile_over=image.shape[2:],
+      min_tile=(max(1, 16 // pl.next_power_of_2(channels)), 16), **common)
   return d_image, d_vertical, d_horizontal
 
 

@@ -253,7 +253,8 @@ def test_pallas_kernels_read_bhwk_maps_without_a_transpose():
   # The target: under 0.5 global loads per multiply-add.
   assert figures["forward", "now"] < 0.2 < 1.9 < figures["forward", "first"]
   assert figures["backward_maps", "now"] < 0.1 < 1.9 < figures["backward_maps", "first"]
-  assert figures["backward_image", "now"] < 1.7 < 2.9 < figures["backward_image", "first"]
+  assert figures["backward_image", "now"] < 0.1 < 2.9 < figures["backward_image", "first"]
+  assert 1.6 < loads_per_multiply_add("backward_image", 51, 3, "gather") < 1.7
 
 
 def test_block_sizes_must_be_powers_of_two():
