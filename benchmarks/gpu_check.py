@@ -14,8 +14,10 @@ error, and the check goes on):
             magnitude.
   op        the op's forward and forward + backward (all three gradients) at 1280x720 and
             1920x1080 (batch 1, 3 channels, K = 51): milliseconds, GFLOP/s and the share of the
-            roofline of the detected GPU (its float32 CUDA-core peak and memory bandwidth; the op
-            is per-pixel multiply-adds with no matrix structure, so tensor cores do not apply).
+            roofline of the detected GPU (its float32 CUDA-core peak and memory bandwidth: the op
+            is per-pixel multiply-adds, and the d image kernel's banded matrix products are
+            float32 IEEE, so tensor cores do not apply; that kernel does ~3.8x the useful
+            multiply-adds, which the share of the roofline counts against it).
   model     `Interpolator.default()` end to end (uint8 frames in and out, one network call, no
             tiling) at 1920x1080 in float32 and bfloat16.
   train     one training step (L1, AdaMax, the published network) on a batch of 16 128x128 crops,
