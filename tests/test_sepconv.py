@@ -3,6 +3,7 @@ the reference against brute force, numerical gradients, shape errors, and the CU
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 
@@ -260,3 +261,23 @@ def test_pallas_kernels_read_bhwk_maps_without_a_transpose():
 def test_block_sizes_must_be_powers_of_two():
   with pytest.raises(ValueError, match="tile_w=24"):
     BlockSizes(tile_w=24)
+
+
+def test_pallas_d_image_is_one_matrix_product_per_map_row(monkeypatch, capsys):
+  """The d image kernel's reuse comes from a Triton matrix product (tile_h * CP rows of g x V
+  products times the (span, tile_w) band of H's taps); a regression to per-tap gathers would
+  lose it without failing any parity test."""
+  from jax.experimental import pallas as pl  # pylint: disable=import-outside-toplevel
+  from pallas_kernels import sepconv_pallas  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(pl, "pallas_call", functools.partial(pl.pallas_call, debug=True))
+  batch, channels, k, height, width = 1, 3, 51, 24, 40
+  maps = jax.ShapeDtypeStruct((batch, k, height, width), jnp.float32)
+  grad = jax.ShapeDtypeStruct((batch, channels, height, width), jnp.float32)
+  d_image = lambda v, h, g: sepconv_pallas._launch(
+      sepconv_pallas._backward_image_kernel, "sepconv_backward_image", (v, h, g),
+      jax.ShapeDtypeStruct((batch, channels, height + k - 1, width + k - 1), jnp.float32),
+      tile_over=(height + k - 1, width + k - 1), k=k, channels=channels, height=height,
+      width=width, layout="BKHW", block_sizes=BlockSizes(), interpret=False, min_tile=(4, 16))
+  jax.jit(d_image).trace(maps, maps, grad).lower(lowering_platforms=("cuda",))
+  dots = re.findall(r"tt\.dot .*: (tensor<\S+>) \* (tensor<\S+>)", capsys.readouterr().out)
+  assert dots == [("tensor<32x128xf32>", "tensor<128x16xf32>")], dots
