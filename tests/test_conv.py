@@ -91,6 +91,40 @@ def test_forward_and_gradients_match_lax_conv(impl, precision, case):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("precision", conv.PRECISIONS)
+def test_fused_relu_matches_relu_after_the_convolution(impl, precision):
+  # The ReLU inside oneDNN's convolution and its gradient (0 where it clipped) against jax.nn.relu
+  # after the plain convolution: the same values, bit for bit.
+  x, kernel, bias, g = _operands((2, 7, 9, 6, 32, 3, 3))
+  plain = functools.partial(conv.conv2d, precision=precision, impl=impl)
+  fused = jax.jit(functools.partial(_value_and_grads, functools.partial(plain, relu=True)))
+  expected = _value_and_grads(lambda *a: jax.nn.relu(plain(*a)), x, kernel, bias, g)
+  actual = fused(x, kernel, bias, g)
+  assert 0 < float(jnp.mean(actual[0] > 0)) < 1  # the ReLU clips some, not all
+  for name, a, e in zip(("out", "d x", "d kernel", "d bias"), actual, expected):
+    np.testing.assert_array_equal(a, e, err_msg=f"{impl} {precision} {name}")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_bfloat16_result_is_the_rounded_float32_result(impl, relu):
+  # What the next convolution reads: the float32 result (after the ReLU) rounded once.
+  x, kernel, bias, _ = _operands((1, 12, 10, 51, 51, 3, 3))
+  fn = functools.partial(conv.conv2d, precision="bfloat16", impl=impl, relu=relu)
+  narrow = jax.jit(functools.partial(fn, result_dtype=jnp.bfloat16))(x, kernel, bias)
+  assert narrow.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(narrow, fn(x, kernel, bias).astype(jnp.bfloat16))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bfloat16_result_needs_bfloat16_precision(impl):
+  x, kernel, bias, _ = _operands((1, 4, 4, 3, 2, 3, 3))
+  for precision, dtype in (("float32", jnp.bfloat16), ("bfloat16", jnp.float16)):
+    with pytest.raises(ValueError, match="result_dtype"):
+      conv.conv2d(x, kernel, bias, precision=precision, impl=impl, result_dtype=dtype)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_numerical_gradients_float32(impl):
   x, kernel, bias, _ = _operands((1, 5, 6, 3, 4, 3, 3))
   fn = jax.jit(functools.partial(conv.conv2d, precision="float32", impl=impl))
@@ -279,3 +313,9 @@ def test_bfloat16_without_hardware_support_warns_and_rounds(monkeypatch):
                                   (out, d_x, d_kernel, jnp.sum(g, (0, 1, 2)))):
     assert actual.dtype == jnp.float32, name
     _assert_close(actual, wanted, TOLERANCE["bfloat16 vs rounded"], f"rounded {name}")
+  # A bfloat16 result after the fused ReLU: the float32 convolution's, cast (oneDNN's float32
+  # convolution writes float32 only).
+  narrow = conv.conv2d(x, kernel, bias, precision="bfloat16", impl="onednn", relu=True,
+                       result_dtype=jnp.bfloat16)
+  assert narrow.dtype == jnp.bfloat16
+  _assert_close(narrow, jax.nn.relu(out), 2 ** -8, "rounded, ReLU, bfloat16 result")

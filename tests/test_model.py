@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,9 @@ from flax import nnx
 
 from sepconv_jax.network import checkpoint
 from sepconv_jax.network import padding
-from sepconv_jax.network.model import (SepConvConfig, SepConvNet, count_parameters, local_separable_conv,
-                               upsample2x_align_corners)
+from pallas_kernels import conv_onednn
+from sepconv_jax.network.model import (ConvOptions, SepConvConfig, SepConvNet, count_parameters,
+                                       local_separable_conv, upsample2x_align_corners)
 
 TINY = SepConvConfig.tiny()  # K = 5
 
@@ -57,6 +59,27 @@ def test_shapes_on_non_square_batch(tiny_model):
   assert out.shape == (2, 64, 96, 3) and out.dtype == jnp.float32
   for kernel_map in kernels:
     assert kernel_map.shape == (2, 64, 96, 5)
+
+
+@pytest.mark.parametrize("impl", [
+    pytest.param("onednn", marks=pytest.mark.skipif(not conv_onednn.onednn_available(),
+                                                    reason="oneDNN unavailable")), "xla"])
+def test_forward_only_bfloat16_changes_no_output_bit(tiny_model, impl):
+  # bfloat16 results between convolutions are exactly the operands the next one would round to.
+  frame0, frame1 = _frames((1, 64, 96, 3), seed=3)
+  graphdef, state = nnx.split(tiny_model)
+  run = lambda forward_only: jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(
+      a, b, conv=ConvOptions("bfloat16", impl, forward_only)))(state, frame0, frame1)
+  narrow, wide = run(True), run(False)
+  assert narrow.dtype == jnp.float32
+  np.testing.assert_array_equal(narrow, wide)
+  if impl == "onednn":  # the first two convolutions of each of the 13 stacks write bfloat16
+    jaxpr = str(jax.make_jaxpr(lambda s, a, b: nnx.merge(graphdef, s)(
+        a, b, conv=ConvOptions("bfloat16", impl, True)))(state, frame0, frame1))
+    assert len(re.findall(r"bf16\[[0-9,]*\] = ffi_call", jaxpr)) == 26
+  assert ConvOptions("bfloat16", impl, True).result_dtype(feeds_conv=True) == jnp.bfloat16
+  assert ConvOptions("float32", impl, True).result_dtype(feeds_conv=True) == jnp.float32
+  assert ConvOptions("bfloat16", impl, True).result_dtype(feeds_conv=False) == jnp.float32
 
 
 def test_rejects_sizes_the_network_cannot_pool(tiny_model):

@@ -6,10 +6,13 @@
 //            side); converted to x's dtype by the reorder into the primitive's blocked layout,
 //            which every call does anyway (so float32 master weights need no separate cast)
 //   bias     (Co)             float32
-//   y, dx, dweights           always float32: oneDNN accumulates in float32 and writes float32,
-//                             so bfloat16 is only ever an operand format, never a result.
+//   y        (N, H, W, Co)    float32, or bfloat16 (only with bfloat16 operands: the next
+//                             convolution's operand, written at half the bytes; the values that
+//                             convolution would round a float32 y to)
+//   dx, dweights              float32: oneDNN accumulates in float32 and writes float32.
 // Handlers:
-//   OnednnConvForward          y  = conv(x, weights) + bias
+//   OnednnConvForward          y  = conv(x, weights) + bias, then max(y, 0) when the attribute
+//                              `relu` is 1 (a oneDNN post-op: no separate pass over y)
 //   OnednnConvBackwardData     dx = conv_transpose(g, weights)           (g: cotangent of y, NHWC)
 //   OnednnConvBackwardWeights  dweights = correlate(x, g)                (the bias gradient is a
 //                              plain sum of g, done in XLA in float32 so that it never sees the
@@ -56,6 +59,10 @@ enum class Pass : int { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 struct ConvShape {
   int64_t n, h, w, ci, co, kh, kw;
   memory::data_type operand;  // f32 or bf16
+  // The forward pass's y (f32 or bf16) and whether ReLU follows the bias; the backward passes
+  // are always built from the plain float32-result forward.
+  memory::data_type result = memory::data_type::f32;
+  bool relu = false;
 
   memory::dims SrcDims() const { return {n, ci, h, w}; }
   memory::dims DstDims() const { return {n, co, h, w}; }
@@ -64,7 +71,8 @@ struct ConvShape {
   memory::dims Padding() const { return {(kh - 1) / 2, (kw - 1) / 2}; }
 };
 
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>;
+using Key =
+    std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool>;
 
 struct KeyHash {
   size_t operator()(const Key& key) const {
@@ -80,7 +88,7 @@ struct KeyHash {
 
 Key MakeKey(Pass pass, const ConvShape& s) {
   return {static_cast<int>(pass), s.n, s.h, s.w, s.ci, s.co, s.kh, s.kw,
-          static_cast<int>(s.operand)};
+          static_cast<int>(s.operand), static_cast<int>(s.result), s.relu};
 }
 
 // A built primitive and the weights layout it reads or writes (possibly blocked).
@@ -90,9 +98,14 @@ struct Plan {
   memory::desc scratchpad;  // per-call scratch memory it needs
 };
 
-dnnl::primitive_attr Attr() {
+dnnl::primitive_attr Attr(bool relu = false) {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (relu) {
+    dnnl::post_ops post_ops;
+    post_ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attr.set_post_ops(post_ops);
+  }
   return attr;
 }
 
@@ -100,14 +113,14 @@ memory::desc Activations(const memory::dims& dims, memory::data_type type) {
   return memory::desc(dims, type, Tag::nhwc);
 }
 
-// The forward primitive descriptor; also the "hint" the backward passes are built from.
+// The forward primitive descriptor; with a float32 result and no ReLU also the "hint" the
+// backward passes are built from.
 dnnl::convolution_forward::primitive_desc ForwardDesc(const ConvShape& s) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
       Activations(s.SrcDims(), s.operand), memory::desc(s.WeightDims(), s.operand, Tag::any),
-      memory::desc({s.co}, memory::data_type::f32, Tag::a),
-      Activations(s.DstDims(), memory::data_type::f32), s.Strides(), s.Padding(), s.Padding(),
-      Attr());
+      memory::desc({s.co}, memory::data_type::f32, Tag::a), Activations(s.DstDims(), s.result),
+      s.Strides(), s.Padding(), s.Padding(), Attr(s.relu));
 }
 
 Plan BuildPlan(Pass pass, const ConvShape& s) {
@@ -221,11 +234,16 @@ ffi::Error Guarded(F&& body) {
 }
 
 ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer weights, ffi::Buffer<ffi::F32> bias,
-                       ffi::Result<ffi::Buffer<ffi::F32>> y) {
+                       ffi::Result<ffi::AnyBuffer> y, int64_t relu) {
   ConvShape s;
   if (auto e = ReadShape(x, weights.dimensions(), true, &s); e.failure()) return e;
   memory::data_type weight_type;
   if (auto e = OperandType(weights.element_type(), &weight_type); e.failure()) return e;
+  if (auto e = OperandType(y->element_type(), &s.result); e.failure()) return e;
+  if (s.result == memory::data_type::bf16 && s.operand != memory::data_type::bf16) {
+    return ffi::Error::InvalidArgument("conv_onednn: a bfloat16 result needs bfloat16 operands");
+  }
+  s.relu = relu != 0;
   advise_huge_pages(y->untyped_data(), y->size_bytes());
   return Guarded([&] {
     const Plan& plan = GetPlan(Pass::kForward, s);
@@ -233,8 +251,8 @@ ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer weights, ffi::Buffer<ffi
             {{DNNL_ARG_SRC, memory(Activations(s.SrcDims(), s.operand), Engine(), x.untyped_data())},
              {DNNL_ARG_BIAS, memory(memory::desc({s.co}, memory::data_type::f32, Tag::a), Engine(),
                                     bias.typed_data())},
-             {DNNL_ARG_DST, memory(Activations(s.DstDims(), memory::data_type::f32), Engine(),
-                                   y->typed_data())}},
+             {DNNL_ARG_DST, memory(Activations(s.DstDims(), s.result), Engine(),
+                                   y->untyped_data())}},
             s, weights.untyped_data(), weight_type, /*weights_are_output=*/false);
   });
 }
@@ -285,7 +303,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, ForwardImpl,
                                   .Arg<ffi::AnyBuffer>()          // x (N, H, W, Ci)
                                   .Arg<ffi::AnyBuffer>()          // weights (KH, KW, Ci, Co)
                                   .Arg<ffi::Buffer<ffi::F32>>()   // bias (Co)
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // y (N, H, W, Co)
+                                  .Ret<ffi::AnyBuffer>()          // y (N, H, W, Co)
+                                  .Attr<int64_t>("relu"));        // 1: max(y, 0)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, BackwardDataImpl,
                               ffi::Ffi::Bind()

@@ -131,7 +131,8 @@ class Interpolator:
     self.max_untiled_pixels = max_untiled_pixels
     self.tiles = tiles
     self.ensemble = ensemble
-    self.conv = ConvOptions(precision, conv_impl).resolved()
+    # Forward only: never differentiated, so layers may hand each other bfloat16 operands.
+    self.conv = ConvOptions(precision, conv_impl, forward_only=True).resolved()
     graphdef, state = nnx.split(model)
 
     if compiler_options is None:

@@ -22,7 +22,8 @@ Conventions
                or "bfloat16" (operands rounded to bfloat16, products accumulated in float32, on
                the CPU's bfloat16 units through oneDNN: `pallas_kernels.conv`); their results,
                the activations between them, the kernel maps and the output are float32 either
-               way. The default is the backend's faster accurate one (bfloat16 on CPUs with
+               way (except, with `ConvOptions.forward_only`, a result that only feeds the next
+               convolution: bfloat16, the value that convolution reads). The default is the backend's faster accurate one (bfloat16 on CPUs with
                AVX512-BF16 or AMX).
   Sizes        H and W must be multiples of 32 (five 2x2 poolings). Any frame size works through
                the padding policies of `sepconv_jax.network.padding`, which pad to a multiple of 128 and
@@ -124,13 +125,26 @@ class SepConvConfig:
 class ConvOptions(NamedTuple):
   """How the network's convolutions run (`pallas_kernels.conv`): `precision` "float32" or
   "bfloat16" (bfloat16 operands, float32 accumulation and results; parameters stay float32) and
-  `impl` "onednn" or "xla"; None picks each one's default for the backend."""
+  `impl` "onednn" or "xla"; None picks each one's default for the backend.
+
+  `forward_only` (inference; not for gradients): with bfloat16, a convolution whose result only
+  feeds the next convolution (through a ReLU) writes it in bfloat16, the values that convolution
+  rounds its operand to anyway: the same output at half the bytes between those layers. Under
+  `grad` it would round those layers' cotangents to bfloat16 too, which training avoids."""
   precision: str | None = None
   impl: str | None = None
+  forward_only: bool = False
 
   def resolved(self) -> ConvOptions:
     precision = check_precision(self.precision or default_precision())
-    return ConvOptions(precision, self.impl or default_conv_impl())
+    return ConvOptions(precision, self.impl or default_conv_impl(), self.forward_only)
+
+  def result_dtype(self, feeds_conv: bool):
+    """The dtype of a convolution's result: bfloat16 where `forward_only` lets it hand a
+    bfloat16 operand to the next convolution (`feeds_conv`), float32 otherwise."""
+    if feeds_conv and self.forward_only and self.precision == "bfloat16":
+      return jnp.bfloat16
+    return jnp.float32
 
 
 class KernelMaps(NamedTuple):
@@ -156,10 +170,13 @@ class Conv3x3(nnx.Module):
                                         jnp.float32))
     self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32))
 
-  def __call__(self, x: jax.Array, options: ConvOptions = ConvOptions()) -> jax.Array:
+  def __call__(self, x: jax.Array, options: ConvOptions = ConvOptions(), *, relu: bool = False,
+               feeds_conv: bool = False) -> jax.Array:
+    """The convolution, then ReLU if `relu`; `feeds_conv`: the result only goes into another
+    convolution (see `ConvOptions.forward_only`)."""
     options = options.resolved()
     return conv2d(x, self.kernel[...], self.bias[...], precision=options.precision,
-                  impl=options.impl)
+                  impl=options.impl, relu=relu, result_dtype=options.result_dtype(feeds_conv))
 
 
 
@@ -208,8 +225,8 @@ class ConvStack(nnx.Module):
     ])
 
   def __call__(self, x: jax.Array, options: ConvOptions = ConvOptions()) -> jax.Array:
-    for conv in self.convs:
-      x = jax.nn.relu(conv(x, options))
+    for index, conv in enumerate(self.convs):
+      x = conv(x, options, relu=True, feeds_conv=index < len(self.convs) - 1)
     return x
 
 
@@ -220,7 +237,7 @@ class UpsampleConv(nnx.Module):
     self.conv = Conv3x3(features, features, rngs)
 
   def __call__(self, x: jax.Array, options: ConvOptions = ConvOptions()) -> jax.Array:
-    return jax.nn.relu(self.conv(upsample2x_align_corners(x), options))
+    return self.conv(upsample2x_align_corners(x), options, relu=True)
 
 
 class KernelSubnet(nnx.Module):
@@ -247,8 +264,8 @@ class KernelSubnet(nnx.Module):
 
   def __call__(self, features: jax.Array, options: ConvOptions = ConvOptions()) -> jax.Array:
     x = features
-    for conv in self.convs:
-      x = jax.nn.relu(conv(x, options))
+    for index, conv in enumerate(self.convs):
+      x = conv(x, options, relu=True, feeds_conv=index < len(self.convs) - 1)
     # The published subnets end without an activation: kernel weights may be negative.
     return self.output_conv(upsample2x_align_corners(x), options)
 

@@ -256,6 +256,7 @@ def _sample_triplets(data_dir: str, count: int) -> list[tuple[np.ndarray, np.nda
 
 @functools.lru_cache(maxsize=8)
 def _sample_net(graphdef: nnx.GraphDef, conv: ConvOptions):
+  conv = conv._replace(forward_only=True)  # samples and full frames: no gradients
   return jax.jit(lambda params, a, b: nnx.merge(graphdef, params)(a, b, conv=conv),
                  compiler_options=jit_options(conv))
 

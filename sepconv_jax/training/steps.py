@@ -211,7 +211,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: losses.Loss,
 
 def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh,
                    conv: ConvOptions = ConvOptions()):
-  conv = conv.resolved()
+  conv = conv._replace(forward_only=True).resolved()  # evaluation takes no gradients
   step = functools.partial(eval_step, graphdef=graphdef, axis_name=DATA_AXIS, conv=conv)
   return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(),
                                check_vma=False), compiler_options=jit_options(conv))
