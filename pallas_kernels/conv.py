@@ -17,7 +17,8 @@ Precisions:
             cotangent) rounded to bfloat16, products accumulated in float32. Results, gradients
             and everything between the convolutions stay float32, so parameters, optimizer state
             and checkpoints do not change. This is the format of the CPU's bfloat16 matrix units
-            (AMX, AVX512-BF16) and of GPU tensor cores.
+            (AMX, AVX512-BF16) and of GPU tensor cores; the default on CPUs where it is measured
+            faster than float32 (`default_precision`).
 
 Implementations:
   onednn    oneDNN behind jax.ffi (`pallas_kernels.conv_onednn`): the fast CPU path, float32 and
@@ -84,11 +85,12 @@ def default_conv_impl(backend: str | None = None) -> str:
 
 
 def default_precision(backend: str | None = None) -> str:
-  """The faster of the two precisions where it is accurate: bfloat16 on CPUs that multiply it in
-  hardware (through oneDNN), float32 elsewhere (including GPUs, until measured there: XLA already
-  runs float32 convolutions on tensor cores in TF32 by default)."""
+  """The faster of the two precisions where it is accurate: bfloat16 on CPUs where oneDNN's
+  bfloat16 convolutions were measured faster (AMX; AVX512-BF16 on AMD: `bfloat16_faster`),
+  float32 elsewhere (including GPUs, until measured there: XLA already runs float32 convolutions
+  on tensor cores in TF32 by default)."""
   backend = backend or jax.default_backend()
-  if backend == "cpu" and conv_onednn.bfloat16_native():
+  if backend == "cpu" and conv_onednn.bfloat16_faster():
     return "bfloat16"
   return "float32"
 
@@ -216,6 +218,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, precision: str =
     if precision == "bfloat16" and not conv_onednn.bfloat16_native():
       warn_fallback("bfloat16 in hardware", f"oneDNN's best instruction set here is "
                     f"{conv_onednn.cpu_isa()}", "bfloat16 is emulated, no faster than float32")
+    elif precision == "bfloat16" and not conv_onednn.bfloat16_faster():
+      warn_fallback("fast bfloat16 (AMX)", f"oneDNN's bfloat16 convolutions on "
+                    f"{conv_onednn.cpu_isa()} were measured 1.5-1.7x slower than float32",
+                    "bfloat16 runs, slower than float32 here")
     return conv_onednn.conv_onednn(x, kernel, bias, jnp.dtype(precision), relu=relu,
                                    result_dtype=result_dtype)
   if impl == "xla":

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from pallas_kernels._native import CSRC, NativeLibrary
 
-__all__ = ["bfloat16_native", "conv_onednn", "cpu_isa", "onednn_available",
+__all__ = ["bfloat16_faster", "bfloat16_native", "conv_onednn", "cpu_isa", "onednn_available",
            "onednn_unavailable_reason", "onednn_version"]
 
 _TARGETS = {
@@ -122,10 +122,25 @@ def cpu_isa() -> str:
 
 
 def bfloat16_native() -> bool:
-  """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16, AMX, AVX2-VNNI-2): only then
-  is bfloat16 faster than float32."""
+  """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16, AMX, AVX2-VNNI-2), so that
+  oneDNN has bfloat16 convolutions at all (otherwise they are emulated or missing)."""
   return onednn_available() and cpu_isa() in ("avx512_core_amx", "avx512_core_fp16",
                                               "avx512_core_bf16", "avx2_vnni_2")
+
+
+# Where oneDNN's bfloat16 convolutions were measured faster than its float32 ones
+# (benchmarks/bench_compute.py, 2 cores; network forward at 640x512 and a `cpu`-recipe train
+# step): AMX 3.3x and 1.5x; "avx512_core_bf16" (an AMD EPYC with AVX512-BF16) 1.7x and 1.3x. On an
+# Intel Xeon with AVX512-BF16 and AVX512-FP16 but AMX off ("avx512_core_fp16") they were 1.7x and
+# 1.5x slower: there the bfloat16 dot product has half the float32 FMA's throughput. Other
+# instruction sets are unmeasured, so float32 stays their default.
+_BFLOAT16_FASTER_ISAS = ("avx512_core_amx", "avx512_core_bf16")
+
+
+def bfloat16_faster() -> bool:
+  """Whether oneDNN's bfloat16 convolutions are faster than its float32 ones on this CPU (see
+  `_BFLOAT16_FASTER_ISAS`): where bfloat16 is the default precision."""
+  return onednn_available() and cpu_isa() in _BFLOAT16_FASTER_ISAS
 
 
 def _forward_call(x, kernel, bias, relu=False, result_dtype=jnp.float32):

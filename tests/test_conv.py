@@ -7,6 +7,7 @@ CUDA lowering of the XLA path."""
 from __future__ import annotations
 
 import functools
+import warnings
 import os
 import pathlib
 import subprocess
@@ -167,8 +168,9 @@ def test_rejects_bad_arguments():
 def test_onednn_reports_its_instruction_set():
   assert conv_onednn.cpu_isa() in conv_onednn._ISA_MASKS
   assert conv_onednn.onednn_version().startswith("3.")
-  # bfloat16 is the default exactly where the CPU multiplies it natively.
-  assert (conv.default_precision("cpu") == "bfloat16") == conv_onednn.bfloat16_native()
+  # bfloat16 is the default exactly where it is measured faster, which needs it in hardware.
+  assert (conv.default_precision("cpu") == "bfloat16") == conv_onednn.bfloat16_faster()
+  assert conv_onednn.bfloat16_native() or not conv_onednn.bfloat16_faster()
   assert "oneDNN" in conv.describe("onednn", "bfloat16")
 
 
@@ -319,3 +321,25 @@ def test_bfloat16_without_hardware_support_warns_and_rounds(monkeypatch):
                        result_dtype=jnp.bfloat16)
   assert narrow.dtype == jnp.bfloat16
   _assert_close(narrow, jax.nn.relu(out), 2 ** -8, "rounded, ReLU, bfloat16 result")
+
+
+@ONEDNN
+@pytest.mark.parametrize("isa, expected", [
+    ("avx512_core_amx", "bfloat16"), ("avx512_core_bf16", "bfloat16"),
+    ("avx512_core_fp16", "float32"), ("avx2", "float32")])
+def test_bfloat16_is_the_default_only_where_measured_faster(monkeypatch, isa, expected):
+  from pallas_kernels import _native  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(conv_onednn, "cpu_isa", lambda: isa)
+  monkeypatch.setattr(_native, "_warned", set())
+  assert conv.default_precision("cpu") == expected
+  # Asked for anyway, bfloat16 says once why it will not pay (traced only: nothing runs here).
+  x, kernel, bias, _ = _operands((1, 4, 4, 3, 2, 3, 3))
+  trace = lambda: jax.eval_shape(functools.partial(conv.conv2d, precision="bfloat16",
+                                                   impl="onednn"), x, kernel, bias)
+  if expected == "bfloat16":
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      trace()
+  else:
+    with pytest.warns(RuntimeWarning, match="emulated" if isa == "avx2" else "slower than float32"):
+      trace()

@@ -48,7 +48,7 @@ scene cuts: where the two frames' colour histograms differ by more than --scene-
 model: without --model, the project's default model (sepconv_jax/weights/default).
 precision: the network's convolutions in float32, or in bfloat16 (bfloat16 operands, float32
   accumulation; the weights and everything else stay float32) on the CPU's bfloat16 units through
-  oneDNN. auto picks bfloat16 on CPUs that multiply it in hardware (AVX512-BF16, AMX), float32
+  oneDNN. auto picks bfloat16 on CPUs where it is measured faster (AMX, AMD's AVX512-BF16), float32
   elsewhere. The closing line says which path ran.
 """
 

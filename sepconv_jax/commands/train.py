@@ -97,7 +97,8 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
                  help="the convolutions' compute precision: bfloat16 operands with float32 "
                       "accumulation run on the CPU's bfloat16 units; parameters, optimizer "
                       "state and checkpoints stay float32 (default: auto, bfloat16 on CPUs "
-                      "that multiply it in hardware; a --resume may change it)")
+                      "where it is measured faster: AMX, AMD's AVX512-BF16; a --resume may "
+                      "change it)")
   p.add_argument("--resume", action="store_true",
                  help="continue from the latest checkpoint in --workdir (if any)")
   p.add_argument("--init-from", metavar="CHECKPOINT",

@@ -23,8 +23,9 @@ Conventions
                the CPU's bfloat16 units through oneDNN: `pallas_kernels.conv`); their results,
                the activations between them, the kernel maps and the output are float32 either
                way (except, with `ConvOptions.forward_only`, a result that only feeds the next
-               convolution: bfloat16, the value that convolution reads). The default is the backend's faster accurate one (bfloat16 on CPUs with
-               AVX512-BF16 or AMX).
+               convolution: bfloat16, the value that convolution reads). The default is the
+               backend's faster accurate one (bfloat16 on CPUs where oneDNN's bfloat16 is
+               measured faster: AMX, AMD's AVX512-BF16; `pallas_kernels.conv.default_precision`).
   Sizes        H and W must be multiples of 32 (five 2x2 poolings). Any frame size works through
                the padding policies of `sepconv_jax.network.padding`, which pad to a multiple of 128 and
                crop back; the network itself never asserts a maximum resolution.
