@@ -252,3 +252,28 @@ def test_export_errors_are_one_line(tmp_path, tiny_model, capsys):
     export.main([str(source), str(tmp_path / "out"), "--info", "[1, 2]"])
   assert exit_info.value.code == 2 and "JSON object" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
+
+
+def test_export_blends_two_checkpoints_parameter_by_parameter(tmp_path, capsys):
+  from sepconv_jax.commands import export  # pylint: disable=import-outside-toplevel
+  config = SepConvConfig.tiny()
+  first, second = (SepConvNet(config, rngs=nnx.Rngs(seed)) for seed in (1, 2))
+  a = checkpoint.save_model(tmp_path / "a", first, info={"step": 7})
+  b = checkpoint.save_model(tmp_path / "b", second)
+  assert export.main([str(a), str(tmp_path / "out"), "--dtype", "float32", "--blend-with", str(b),
+                      "--blend-weight", "0.25"]) == 0
+  assert "0.75 x" in capsys.readouterr().out
+  blended, metadata = checkpoint.load_model(tmp_path / "out")
+  assert metadata["info"]["step"] == 7 and metadata["info"]["blend_weight"] == 0.25
+  assert metadata["info"]["blended_with"] == str(b)
+  for x, y, z in zip(*(jax.tree.leaves(nnx.state(m)) for m in (first, second, blended))):
+    np.testing.assert_allclose(z, 0.75 * x + 0.25 * y, rtol=1e-6, atol=1e-7)
+  # Another network, or a weight outside [0, 1]: one line, nothing written.
+  other = checkpoint.save_model(tmp_path / "c", SepConvNet(SepConvConfig.tiny(kernel_size=3),
+                                                           rngs=nnx.Rngs(0)))
+  assert export.main([str(a), str(tmp_path / "bad"), "--blend-with", str(other)]) == 1
+  assert "cannot blend different networks" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_info:
+    export.main([str(a), str(tmp_path / "bad"), "--blend-with", str(b), "--blend-weight", "1.5"])
+  assert exit_info.value.code == 2 and "[0, 1]" in capsys.readouterr().err
+  assert not (tmp_path / "bad").exists()

@@ -1,5 +1,6 @@
-"""`sepconv export CHECKPOINT OUT [--dtype float16] [--info JSON]`: a checkpoint as a compact
-model (the work is in `sepconv_jax.network.export`)."""
+"""`sepconv export CHECKPOINT OUT [--dtype float16] [--info JSON] [--blend-with OTHER
+[--blend-weight W]]`: a checkpoint (or a blend of two) as a compact model (the work is in
+`sepconv_jax.network.export`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ def _json_object(text: str) -> dict[str, Any]:
   return value
 
 
+def _unit_interval(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+  if not 0.0 <= value <= 1.0:
+    raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+  return value
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "sepconv export") -> int:
   parser = OneLineParser(
       prog=prog,
@@ -35,15 +46,24 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv export") -> int
                            "gives float32)")
   parser.add_argument("--info", type=_json_object, default={}, metavar="JSON",
                       help="extra facts to record in the metadata, as a JSON object")
+  parser.add_argument("--blend-with", metavar="CHECKPOINT",
+                      help="export (1 - W) * SOURCE + W * CHECKPOINT, parameter by parameter "
+                           "(weight-space ensembling, e.g. a fine-tuned step with the model it "
+                           "started from)")
+  parser.add_argument("--blend-weight", type=_unit_interval, default=0.5, metavar="W",
+                      help="W of --blend-with, in [0, 1] (default 0.5)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
   add_version_argument(parser)
   args = parser.parse_args(argv)
   try:
     path = export_model(args.source, args.output, storage_dtype=args.dtype, info=args.info,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, blend_with=args.blend_with,
+                        blend_weight=args.blend_weight)
   except (CheckpointError, OSError) as error:
     print(f"{parser.prog}: error: {error}", file=sys.stderr)
     return 1
   size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-  print(f"wrote {path} ({args.dtype}, {size / 1e6:.1f} MB)")
+  blend = (f", {1 - args.blend_weight:g} x {args.source} + {args.blend_weight:g} x "
+           f"{args.blend_with}" if args.blend_with else "")
+  print(f"wrote {path} ({args.dtype}, {size / 1e6:.1f} MB{blend})")
   return 0
