@@ -276,4 +276,7 @@ def test_export_blends_two_checkpoints_parameter_by_parameter(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
     export.main([str(a), str(tmp_path / "bad"), "--blend-with", str(b), "--blend-weight", "1.5"])
   assert exit_info.value.code == 2 and "[0, 1]" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_info:
+    export.main([str(a), str(tmp_path / "bad"), "--blend-weight", "0.5"])
+  assert exit_info.value.code == 2 and "needs --blend-with" in capsys.readouterr().err
   assert not (tmp_path / "bad").exists()

@@ -50,11 +50,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv export") -> int
                       help="export (1 - W) * SOURCE + W * CHECKPOINT, parameter by parameter "
                            "(weight-space ensembling, e.g. a fine-tuned step with the model it "
                            "started from)")
-  parser.add_argument("--blend-weight", type=_unit_interval, default=0.5, metavar="W",
+  parser.add_argument("--blend-weight", type=_unit_interval, metavar="W",
                       help="W of --blend-with, in [0, 1] (default 0.5)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
   add_version_argument(parser)
   args = parser.parse_args(argv)
+  if args.blend_weight is not None and args.blend_with is None:
+    parser.error("--blend-weight needs --blend-with")
+  if args.blend_weight is None:
+    args.blend_weight = 0.5
   try:
     path = export_model(args.source, args.output, storage_dtype=args.dtype, info=args.info,
                         overwrite=args.overwrite, blend_with=args.blend_with,
