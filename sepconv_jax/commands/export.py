@@ -57,17 +57,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv export") -> int
   args = parser.parse_args(argv)
   if args.blend_weight is not None and args.blend_with is None:
     parser.error("--blend-weight needs --blend-with")
-  if args.blend_weight is None:
-    args.blend_weight = 0.5
+  blend_weight = 0.5 if args.blend_weight is None else args.blend_weight
   try:
     path = export_model(args.source, args.output, storage_dtype=args.dtype, info=args.info,
                         overwrite=args.overwrite, blend_with=args.blend_with,
-                        blend_weight=args.blend_weight)
+                        blend_weight=blend_weight)
   except (CheckpointError, OSError) as error:
     print(f"{parser.prog}: error: {error}", file=sys.stderr)
     return 1
   size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-  blend = (f", {1 - args.blend_weight:g} x {args.source} + {args.blend_weight:g} x "
+  blend = (f", {1 - blend_weight:g} x {args.source} + {blend_weight:g} x "
            f"{args.blend_with}" if args.blend_with else "")
   print(f"wrote {path} ({args.dtype}, {size / 1e6:.1f} MB{blend})")
   return 0
