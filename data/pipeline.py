@@ -226,6 +226,14 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options(threads))
 
 
+def alternate(*datasets: tf.data.Dataset) -> tf.data.Dataset:
+  """Elements of each dataset in turn (a, b, a, b, ...), for batches of different shapes (mixed
+  crop sizes). Deterministic like its inputs, so `skip` resumes it exactly; endless inputs
+  (repeat=True) keep it endless."""
+  order = tf.data.Dataset.range(len(datasets)).repeat()
+  return tf.data.Dataset.choose_from_datasets(list(datasets), order, stop_on_empty_dataset=True)
+
+
 def validation_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16,
                        crop_size: int | None = None, process_index: int = 0,
                        process_count: int = 1, threads: int = 2, drop_remainder: bool = False,

@@ -14,10 +14,13 @@ from sepconv_data import builder, extract
 TRAINING_PATCH = 48
 TRAINING_SHIFT = 2  # px per frame: x0 -> x1 moves 4 px, within the tiny model's 5-tap kernels
 TRAINING_SEQUENCES = ("pan_a", "pan_b", "pan_c", "pan_d")
-TRAINING_CACHE_CONFIG = builder.make_config(
-    extract.ExtractConfig(patch_size=TRAINING_PATCH, patches_tried=8, max_patches=4,
-                          flow_scale=1.0, max_height=None, seed=1),
-    validation_fraction=0.25)
+
+
+def training_cache_config(patch_size: int = TRAINING_PATCH) -> builder.TripletConfig:
+  return builder.make_config(
+      extract.ExtractConfig(patch_size=patch_size, patches_tried=8, max_patches=4,
+                            flow_scale=1.0, max_height=None, seed=1),
+      validation_fraction=0.25)
 
 
 def write_panning_sequences(root: pathlib.Path, names: Sequence[str], *, frames: int, shift: int,
@@ -33,9 +36,11 @@ def write_panning_sequences(root: pathlib.Path, names: Sequence[str], *, frames:
   return root
 
 
-def prepare_training_cache(base: pathlib.Path) -> pathlib.Path:
-  """A tiny prepared cache (4 panning 64x80 sequences, 6 frames) for training tests; its data_dir."""
+def prepare_training_cache(base: pathlib.Path, patch_size: int = TRAINING_PATCH) -> pathlib.Path:
+  """A tiny prepared cache (4 panning 64x80 sequences, 6 frames, `patch_size` square patches)
+  for training tests; its data_dir."""
   source = write_panning_sequences(base / "sources" / "tiny", TRAINING_SEQUENCES, frames=6,
                                    shift=TRAINING_SHIFT, height=64, width=80)
-  builder.prepare([source], base / "out", TRAINING_CACHE_CONFIG, workers=1, progress=False)
+  builder.prepare([source], base / "out", training_cache_config(patch_size), workers=1,
+                  progress=False)
   return base / "out"

@@ -193,3 +193,14 @@ def test_augment_without_scaling_is_unchanged_by_the_scale_option():
 def test_train_dataset_rejects_bad_min_scale(min_scale):
   with pytest.raises(ValueError, match="min_scale"):
     pipeline.train_dataset("unused", min_scale=min_scale)
+
+
+def test_alternate_takes_batches_of_two_shapes_in_turn_and_resumes_by_skip():
+  big = tf.data.Dataset.range(100).map(lambda i: tf.fill([2, 4, 4], i)).repeat()
+  small = tf.data.Dataset.range(100).map(lambda i: tf.fill([8, 2, 2], -i)).repeat()
+  mixed = pipeline.alternate(big, small)
+  shapes_and_values = [(tuple(x.shape), int(x.numpy().flat[0])) for x in mixed.take(6)]
+  assert shapes_and_values == [((2, 4, 4), 0), ((8, 2, 2), 0), ((2, 4, 4), 1), ((8, 2, 2), -1),
+                               ((2, 4, 4), 2), ((8, 2, 2), -2)]
+  resumed = [(tuple(x.shape), int(x.numpy().flat[0])) for x in mixed.skip(3).take(3)]
+  assert resumed == shapes_and_values[3:]

@@ -212,6 +212,25 @@ def test_flow_guided_training_adds_the_centroid_term(data_dir, tmp_path):
     config.with_overrides(centroid_weight=-1.0)
 
 
+def test_alternate_crops_train_every_second_step_on_the_other_size(tmp_path):
+  data_dir = synthetic.prepare_training_cache(tmp_path / "cache", patch_size=64)
+  config = tiny(data_dir, crop_size=64, batch_size=2, alternate_crop_size=32,
+                alternate_min_scale=0.5, steps=4, steps_per_epoch=4, checkpoint_every=4,
+                num_samples=0, log_every=1)
+  assert config.alternate_batch_size == 8  # 2 x 64^2 pixels = 8 x 32^2
+  batches = loop._train_batches(config, loop._open_data(config)).take(4)
+  assert [tuple(b["y"].shape) for b in batches] == [(2, 64, 64, 3), (8, 32, 32, 3)] * 2
+  result = loop.train(config, tmp_path / "w", progress=False)
+  assert result.step == 4 and all(np.isfinite(loss) for _, loss in result.history)
+  assert json.loads((tmp_path / "w" / "config.json").read_text())["alternate_crop_size"] == 32
+  with pytest.raises(ValueError, match="alternate_crop_size must be"):
+    config.with_overrides(alternate_crop_size=48)
+  with pytest.raises(ValueError, match="as many pixels"):
+    config.with_overrides(alternate_crop_size=96)
+  with pytest.raises(ValueError, match="alternate_min_scale"):
+    config.with_overrides(alternate_min_scale=0.0)
+
+
 def test_resume_is_bit_exact(data_dir, tmp_path):
   # With a warm-up spanning the resume point: the schedule's step count must be restored too.
   config = tiny(data_dir, steps_per_epoch=3, checkpoint_every=2, num_samples=0, warmup_steps=4)

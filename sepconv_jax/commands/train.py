@@ -71,6 +71,11 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
   p.add_argument("--crop-size", type=positive(int), help="training crop side (multiple of 32)")
   p.add_argument("--min-scale", type=float, metavar="S",
                  help="downscale training patches by a random factor in [S, 1] first (S in (0, 1])")
+  p.add_argument("--alternate-crop-size", type=positive(int), metavar="N",
+                 help="mixed crops: every second step trains on NxN crops instead, as many "
+                      "pixels per step (the batch scaled by (--crop-size / N)^2)")
+  p.add_argument("--alternate-min-scale", type=float, metavar="S",
+                 help="those crops' random downscale factor is in [S, 1] (default 1: none)")
   length = p.add_mutually_exclusive_group()
   length.add_argument("--epochs", type=positive(int))
   length.add_argument("--steps", type=positive(int), help="total steps (instead of --epochs)")
@@ -138,7 +143,8 @@ def main(argv=None, prog: str = "sepconv train") -> int:
     config = configs.get_config(args.config).with_overrides(
         data_dir=args.data, loss=args.loss, nu=args.nu, vgg_weights=args.vgg_weights,
         learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
-        min_scale=args.min_scale, warmup_steps=args.warmup_steps,
+        min_scale=args.min_scale, alternate_crop_size=args.alternate_crop_size,
+        alternate_min_scale=args.alternate_min_scale, warmup_steps=args.warmup_steps,
         decay_start=args.decay and args.decay[0], decay_end=args.decay and args.decay[1],
         final_learning_rate=args.final_lr,
         epochs=args.epochs, steps=args.steps, steps_per_epoch=args.steps_per_epoch,

@@ -59,6 +59,11 @@ class TrainConfig:
     crop_size: Side of the square random training crops (and of the centre validation crops).
     min_scale: Training patches are first downscaled by a random factor in [min_scale, 1]
       (1: never), which shrinks their motion too (`sepconv_data.pipeline.random_downscale`).
+    alternate_crop_size, alternate_min_scale: Mixed crops: every second step (the odd ones)
+      trains on `alternate_crop_size` crops downscaled by a random factor in
+      [alternate_min_scale, 1] instead, `alternate_batch_size` of them, so that both kinds of
+      step see as many pixels (say 64x64 downscaled crops, small motion, next to 128x128 ones
+      that hold large motion). None: off. Validation stays on `crop_size` crops.
     epochs, steps: Length of the run. `steps` wins when set; otherwise `epochs` epochs of
       `steps_per_epoch` steps (by default the training split's size // batch_size).
     seed: Fixes the initialisation, the data order and augmentation, and the state's RNG.
@@ -99,6 +104,8 @@ class TrainConfig:
   batch_size: int = 16
   crop_size: int = 128
   min_scale: float = 1.0
+  alternate_crop_size: int | None = None
+  alternate_min_scale: float = 1.0
   epochs: int = 50
   steps: int | None = None
   steps_per_epoch: int | None = None
@@ -149,8 +156,19 @@ class TrainConfig:
     if self.crop_size % 32:
       raise ValueError(f"crop_size must be a multiple of 32 (the network's five poolings), got "
                        f"{self.crop_size}")
-    if not 0.0 < self.min_scale <= 1.0:
-      raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
+    for name in ("min_scale", "alternate_min_scale"):
+      if not 0.0 < getattr(self, name) <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+    if self.alternate_crop_size is not None:
+      if self.alternate_crop_size < 32 or self.alternate_crop_size % 32:
+        raise ValueError(f"alternate_crop_size must be a positive multiple of 32, got "
+                         f"{self.alternate_crop_size}")
+      pixels = self.batch_size * self.crop_size ** 2
+      if pixels % self.alternate_crop_size ** 2:
+        raise ValueError(f"batch_size x crop_size^2 ({self.batch_size} x {self.crop_size}^2) "
+                         f"must be a multiple of alternate_crop_size^2 "
+                         f"({self.alternate_crop_size}^2), so that both kinds of step see as "
+                         f"many pixels")
     if self.num_samples < 0 or self.nu < 0 or self.full_validation < 0:
       raise ValueError("num_samples, full_validation and nu must not be negative")
     if self.centroid_weight < 0 or (self.centroid_steps is not None and self.centroid_steps < 1):
@@ -161,6 +179,13 @@ class TrainConfig:
     if self.precision is not None and self.precision not in PRECISIONS:
       raise ValueError(f"precision must be one of {PRECISIONS} (or None for the default), got "
                        f"{self.precision!r}")
+
+  @property
+  def alternate_batch_size(self) -> int | None:
+    """The batch of the alternate steps: as many pixels as `batch_size` crops of `crop_size`."""
+    if self.alternate_crop_size is None:
+      return None
+    return self.batch_size * self.crop_size ** 2 // self.alternate_crop_size ** 2
 
   def with_overrides(self, **overrides: Any) -> TrainConfig:
     """A copy with the given fields replaced (None values are ignored: flags not given)."""

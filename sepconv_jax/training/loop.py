@@ -186,6 +186,30 @@ def _check_resume_config(workdir: pathlib.Path, config: TrainConfig, step: int) 
                         f"step {differs[0]}, which is already taken; change only later steps")
 
 
+# The alternate crops' data order: a seed of its own, so that their patches are not the main
+# steps' patches in the same order.
+ALTERNATE_SEED_OFFSET = 1_000_003
+
+
+def _train_batches(config: TrainConfig, data: _Data):
+  """The training batches (`sepconv_data.pipeline.train_dataset`), alternating with the
+  alternate crops' batches when `config.alternate_crop_size` is set."""
+  from sepconv_data import pipeline  # pylint: disable=import-outside-toplevel
+  common = dict(process_index=jax.process_index(), process_count=jax.process_count(),
+                shuffle_buffer=config.shuffle_buffer, threads=config.data_threads,
+                flows=bool(config.centroid_weight))
+  dataset = pipeline.train_dataset(
+      data.data_dir, batch_size=data.local_batch, crop_size=config.crop_size, seed=config.seed,
+      min_scale=config.min_scale, **common)
+  if config.alternate_crop_size is None:
+    return dataset
+  alternate = pipeline.train_dataset(
+      data.data_dir, batch_size=config.alternate_batch_size // jax.process_count(),
+      crop_size=config.alternate_crop_size, seed=config.seed + ALTERNATE_SEED_OFFSET,
+      min_scale=config.alternate_min_scale, **common)
+  return pipeline.alternate(dataset, alternate)
+
+
 def _validation_batches(config: TrainConfig, data_dir: str, local_batch: int
                         ) -> Iterator[dict[str, np.ndarray]]:
   from sepconv_data import pipeline  # pylint: disable=import-outside-toplevel
@@ -407,8 +431,8 @@ def _open_data(config: TrainConfig) -> _Data:
   if builder.TRAIN not in cache.info.splits:
     raise TrainingError(f"the cache in {data_dir} has no {builder.TRAIN!r} split")
   devices, hosts = jax.device_count(), jax.process_count()
-  for name in ("batch_size", "validation_batch_size"):
-    if getattr(config, name) % devices:
+  for name in ("batch_size", "validation_batch_size", "alternate_batch_size"):
+    if (getattr(config, name) or 0) % devices:
       raise TrainingError(f"{name}={getattr(config, name)} must be a multiple of the "
                           f"{devices} devices")
   steps_per_epoch = config.steps_per_epoch or max(
@@ -527,7 +551,6 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
   if distributed:
     jax.distributed.initialize()
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from sepconv_data import pipeline  # pylint: disable=import-outside-toplevel
 
   # The compute precision is resolved here and recorded in config.json with the rest.
   conv = ConvOptions(config.precision).resolved()
@@ -556,11 +579,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
 
   train_step_fn, eval_step_fn = _step_functions(
       graphdef, loss_fn, make_optimizer(config), mesh, conv, _centroid_settings(config))
-  dataset = pipeline.train_dataset(
-      data.data_dir, batch_size=data.local_batch, crop_size=config.crop_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      shuffle_buffer=config.shuffle_buffer, threads=config.data_threads,
-      min_scale=config.min_scale, flows=bool(config.centroid_weight))
+  dataset = _train_batches(config, data)
   # The data position: the pipeline is deterministic, so skipping the consumed batches puts the
   # resumed run exactly where the interrupted one stopped.
   batches = dataset.skip(int(state.step)).as_numpy_iterator()
