@@ -27,6 +27,7 @@ def _run(*args, timeout=300, cwd=REPO_ROOT):
     (["--workdir", "w", "--steps", "3", "--epochs", "2"], 2, "not allowed with"),
     (["--workdir", "w", "--data", "/nonexistent/data"], 1, "does not exist"),
     (["--workdir", "w", "--min-scale", "1.5"], 1, "min_scale must be in (0, 1]"),
+    (["--workdir", "w", "--alternate-crop-size", "100"], 1, "multiple of 32"),
     (["--workdir", "w", "--decay", "300"], 2, "expected START:END"),
     (["--workdir", "w", "--decay", "300:200"], 1, "end after it starts"),
     (["--workdir", "w", "--final-lr", "1e-5"], 2, "--final-lr needs --decay"),
