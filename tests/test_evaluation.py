@@ -17,7 +17,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from sepconv_jax.commands import benchmark
-from sepconv_jax.evaluation import datasets, runner, scoring
+from sepconv_jax.evaluation import datasets, kernels, runner, scoring
 from sepconv_jax.inference import interpolator, media
 from sepconv_jax.training import metrics
 
@@ -275,6 +275,71 @@ def test_psnr_by_motion_buckets_pixels_by_optical_flow(real_pair):
   assert report.to_json()["per_item"]["t"]["psnr_motion"] == pytest.approx(scores)
 
 
+def _one_hot_maps(offset_x, offset_y, size, shape):
+  """(vertical, horizontal) maps of one-hot kernels at the given tap offsets (pixels)."""
+  vertical, horizontal = np.zeros((*shape, size)), np.zeros((*shape, size))
+  vertical[..., size // 2 + offset_y] = 1.0
+  horizontal[..., size // 2 + offset_x] = -1.0  # magnitudes count: kernels may be negative
+  return vertical, horizontal
+
+
+def test_kernel_statistics_against_the_flow_they_were_built_from():
+  size, shape = 21, (6, 8)
+  flow0 = np.broadcast_to(np.float32([-6, 8]), (*shape, 2))  # |f| = 10: the 4-16 px bucket
+  flow1 = -flow0
+  valid = np.ones(shape, np.float32)
+  valid[:, :2] = 0  # untrusted flow: left out
+  followed = [*_one_hot_maps(-6, 8, size, shape), *_one_hot_maps(6, -8, size, shape)]
+  stats = kernels.kernel_statistics(kernels.kernel_sums(followed, flow0, valid, flow1, valid))
+  assert stats["4-16px"] == pytest.approx({"followed": 1.0, "error": 0.0, "spread": 0.0,
+                                           "pixels": 2 * 6 * 6}, abs=1e-4)
+  assert stats[">16px"] == {"followed": None, "error": None, "spread": None, "pixels": 0}
+
+  in_place = [*_one_hot_maps(0, 0, size, shape), *_one_hot_maps(0, 0, size, shape)]
+  stats = kernels.kernel_statistics(kernels.kernel_sums(in_place, flow0, valid, flow1, valid))
+  assert stats["4-16px"]["followed"] == pytest.approx(0.0)
+  assert stats["4-16px"]["error"] == pytest.approx(10.0)
+
+  # Half-way, and split over two taps one pixel either side: centroid 3, spread 1 per axis.
+  vertical0 = np.zeros((*shape, size))
+  vertical0[..., size // 2 + 4] = 1.0
+  horizontal0 = np.zeros((*shape, size))
+  horizontal0[..., size // 2 - 3 - 1] = horizontal0[..., size // 2 - 3 + 1] = 0.5
+  half_way = [vertical0, horizontal0, *_one_hot_maps(3, -4, size, shape)]
+  sums = kernels.kernel_sums(half_way, flow0, valid, flow1, valid)
+  stats = kernels.kernel_statistics(sums)["4-16px"]
+  assert stats["followed"] == pytest.approx(0.5)
+  assert stats["error"] == pytest.approx(5.0)
+  assert stats["spread"] == pytest.approx(0.5)  # 1 px for frame 0, 0 for frame 1
+  # A set's statistics pool its items' pixels.
+  pooled = kernels.kernel_statistics(kernels.add_sums([sums, kernels.kernel_sums(
+      followed, flow0, valid, flow1, valid)]))["4-16px"]
+  assert pooled["followed"] == pytest.approx(0.75) and pooled["pixels"] == 4 * 6 * 6
+  with pytest.raises(ValueError, match="horizontal0"):
+    kernels.kernel_sums([vertical0, horizontal0[:, :-1], *followed[2:]], flow0, valid, flow1,
+                        valid)
+
+
+def test_kernels_of_a_network_that_averages_follow_no_motion(real_pair, capsys):
+  """Through the real Interpolator: a fresh network starts at frame averaging (centred one-hot
+  kernels), so on a real image moving 20 px per frame its kernels follow none of the motion."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from sepconv_jax import SepConvConfig, SepConvNet  # pylint: disable=import-outside-toplevel
+  net = SepConvNet(SepConvConfig.tiny(frame_average_init=True), rngs=nnx.Rngs(0))
+  model = interpolator.Interpolator(net, precision="float32")
+  image = real_pair[0]
+  first, truth, second = (image[100:292, 150 + 20 * k:150 + 20 * k + 256] for k in range(3))
+  report = runner.evaluate([datasets.Triplet("t", first, second, truth)], model, dataset="t",
+                           model="m", kernels=model.kernel_maps)
+  fast = report.kernels[">16px"]
+  assert fast["pixels"] > 10_000
+  assert fast["followed"] == pytest.approx(0.0, abs=0.02)
+  assert fast["error"] == pytest.approx(20.0, abs=1.5)
+  assert fast["spread"] < 0.2
+  assert report.to_json()["kernels"] == report.kernels
+  assert report.to_json()["per_item"]["t"]["kernels"] == report.kernels
+
+
 def test_davis_held_out_sequences_on_the_shared_data(shared_data, capsys):
   root = shared_data / "davis_480p"
   assert benchmark.main(["--dataset", "davis", "--root", os.fspath(root), "--baseline",
@@ -306,6 +371,8 @@ def _error_lines(capsys) -> list[str]:
     (["--dataset", "davis", "--root", "{tmp}", "--baseline", "average", "--gap", "0"], "--gap"),
     (["--dataset", "davis", "--root", "{tmp}", "--baseline", "average", "--precision",
       "bfloat16"], "--precision"),
+    (["--dataset", "davis", "--root", "{tmp}", "--baseline", "average", "--kernels"],
+     "--kernels"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys, argv, needle):
   argv = [arg.format(tmp=tmp_path) for arg in argv]

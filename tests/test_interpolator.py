@@ -178,3 +178,36 @@ def test_float_frames_are_checked_and_keep_their_numpy_dtype(model):
     interpolator(first, broken)
   # A model's slight overshoot, fed back in by multiply(), stays accepted.
   assert interpolator(np.clip(first * 1.05, 0, 1.05), second).shape == first.shape
+
+
+def _apply_kernels(frame, vertical, horizontal, y, x):
+  """sum_ij V[y, x, i] H[y, x, j] frame[y + i - K//2, x + j - K//2] and sum_ij V H, by hand."""
+  half = vertical.shape[-1] // 2
+  window = frame[y - half:y + half + 1, x - half:x + half + 1]
+  weights = np.outer(vertical[y, x], horizontal[y, x])
+  return np.einsum("ij,ijc->c", weights, window), weights.sum()
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 64)])
+def test_kernel_maps_are_on_the_frames_own_grid(model, shape):
+  """The kernel maps, applied by hand to the unpadded frames, give the interpolated frame at every
+  pixel whose window lies inside them: the maps are cropped back exactly like the frame."""
+  interpolator = Interpolator(model, precision="float32")
+  first, second = _pattern(*shape), _pattern(*shape, shift=3)
+  out = np.asarray(interpolator(first, second))
+  maps = interpolator.kernel_maps(first, second)
+  size = model.config.kernel_size
+  assert all(m.shape == (*shape, size) and m.dtype == np.float32 for m in maps)
+  half = size // 2
+  for y, x in [(half, half), (shape[0] // 2, shape[1] // 3), (shape[0] - 1 - half, shape[1] - 1 - half)]:
+    total0, weight0 = _apply_kernels(first, maps.vertical0, maps.horizontal0, y, x)
+    total1, weight1 = _apply_kernels(second, maps.vertical1, maps.horizontal1, y, x)
+    expected = total0 + total1
+    if model.config.kernel_normalisation:
+      expected = expected / (weight0 + weight1)
+    np.testing.assert_allclose(out[y, x], expected, atol=1e-5)
+  batched = interpolator.kernel_maps(np.stack([first, second]), np.stack([second, first]))
+  assert batched.vertical0.shape == (2, *shape, size)
+  np.testing.assert_allclose(batched.horizontal1[0], maps.horizontal1, atol=1e-6)
+  with pytest.raises(ValueError, match="differ in shape"):
+    interpolator.kernel_maps(first, second[:-1])

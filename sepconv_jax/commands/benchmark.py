@@ -43,6 +43,12 @@ metrics: PSNR over RGB uint8 frames (rounded), data range 255; SSIM as scikit-im
   11x11-Gaussian ("MATLAB") SSIM, labelled SSIM-G. --motion adds PSNR by motion magnitude (<4px,
   4-16px, >16px: the larger DIS optical flow from the true middle frame to an input frame).
   Seconds per frame exclude jit compilation.
+
+--kernels (a model only): per motion bucket, over both input frames' pixels whose DIS flow from the
+  true middle frame passes a forward-backward check: "followed", the share of that motion the
+  kernels' centroids follow (1 fully, 0 not at all, as averaging); "error", the mean distance from
+  centroid to flow; "spread", the kernels' mean width (wide kernels on moving objects are blur), in
+  pixels. Defined in sepconv_jax.evaluation.kernels.
 """
 
 
@@ -94,6 +100,9 @@ def build_parser(prog: str = "sepconv benchmark") -> argparse.ArgumentParser:
                            "the motion)")
   parser.add_argument("--motion", action="store_true",
                       help="also PSNR by motion magnitude (optical flow per item)")
+  parser.add_argument("--kernels", action="store_true",
+                      help="also measure how far the model's kernels follow the motion, by motion "
+                           "bucket (optical flow per item; see below)")
   parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N items only")
   parser.add_argument("--summary-only", action="store_true", help="print the means only")
   add_version_argument(parser)
@@ -160,6 +169,14 @@ def _predictor(args):
   return interpolator, os.fspath(args.model) if args.model else "default"
 
 
+def _print_kernels(statistics: dict) -> None:
+  print("kernels against the DIS flow from the true middle frame (both frames' trusted pixels):")
+  print(f"{'bucket':<8}  {'followed':>9}  {'error px':>9}  {'spread px':>9}  {'pixels':>10}")
+  for name, values in statistics.items():
+    print(f"{name:<8}  {_format(values['followed'], 3):>9}  {_format(values['error'], 2):>9}  "
+          f"{_format(values['spread'], 2):>9}  {values['pixels']:>10}")
+
+
 def _check_json_path(path: str) -> pathlib.Path:
   path = pathlib.Path(path)
   if path.is_dir():
@@ -201,8 +218,11 @@ def run(args) -> int:
     info["precision"] = predict.precision
   report = runner.evaluate(triplets, predict, dataset=args.dataset, model=model_name,
                                gaussian_ssim=gaussian, limit=args.limit, on_item=table.item,
-                               info=info, motion=args.motion)
+                               info=info, motion=args.motion,
+                               kernels=predict.kernel_maps if args.kernels else None)
   table.mean(report)
+  if report.kernels is not None:
+    _print_kernels(report.kernels)
   print(f"{len(report.items)} items; seconds per frame {report.seconds_per_frame:.4f} "
         "(mean of timed predictions, compilation excluded)"
         + (f"; PSNR-mask over {report.masked_count} items with a non-empty mask"
@@ -230,6 +250,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv benchmark") -> 
       raise _UsageError("--ensemble applies to a model, not to --baseline")
     if args.precision != "auto" and args.baseline:
       raise _UsageError("--precision applies to a model, not to --baseline")
+    if args.kernels and args.baseline:
+      raise _UsageError("--kernels applies to a model, not to --baseline")
   except _UsageError as error:
     print(f"error: {error} (see --help)", file=sys.stderr)
     return 2

@@ -17,10 +17,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from sepconv_jax.evaluation import kernels as kernel_stats
 from sepconv_jax.evaluation.datasets import EvaluationError, Triplet
 from sepconv_jax.evaluation.scoring import (MOTION_BUCKETS, SSIM_GAUSSIAN_LABEL, SSIM_LABEL,
                                             motion_magnitude, psnr, psnr_by_motion, psnr_masked,
-                                            ssim, ssim_gaussian)
+                                            ssim, ssim_gaussian, to_uint8)
 
 
 @dataclasses.dataclass
@@ -33,6 +34,8 @@ class ItemResult:
   ssim_gaussian: float | None = None
   psnr_masked: float | None = None
   psnr_motion: dict[str, float | None] | None = None  # by MOTION_BUCKETS name
+  # By MOTION_BUCKETS name, `kernels.kernel_sums` (additive: a set's statistics come from totals).
+  kernel_sums: dict[str, dict[str, float]] | None = None
 
   def to_json(self) -> dict:
     out = {"psnr": self.psnr, "ssim": self.ssim, "seconds": self.seconds}
@@ -42,6 +45,8 @@ class ItemResult:
       out["psnr_masked"] = self.psnr_masked
     if self.psnr_motion is not None:
       out["psnr_motion"] = self.psnr_motion
+    if self.kernel_sums is not None:
+      out["kernels"] = kernel_stats.kernel_statistics(self.kernel_sums)
     return out
 
 
@@ -92,6 +97,12 @@ class Report:
       return None
     return {name: _mean(values.get(name) for values in scored) for name, _, _ in MOTION_BUCKETS}
 
+  @property
+  def kernels(self) -> dict[str, dict[str, float | None]] | None:
+    """`kernels.kernel_statistics` over all items' pixels together; None without kernels."""
+    sums = [item.kernel_sums for item in self.items if item.kernel_sums is not None]
+    return kernel_stats.kernel_statistics(kernel_stats.add_sums(sums)) if sums else None
+
   def to_json(self) -> dict:
     out = {"dataset": self.dataset, "model": self.model, "psnr": self.psnr, "ssim": self.ssim,
            "count": len(self.items), "seconds_per_frame": self.seconds_per_frame,
@@ -109,18 +120,26 @@ class Report:
       out["psnr_motion"] = self.psnr_motion
       out["metrics"]["psnr_motion"] = ("PSNR over the pixels whose motion (larger |DIS flow| from "
                                        "the true middle frame to an input frame) is in each bucket")
+    if self.kernels is not None:
+      out["kernels"] = self.kernels
+      out["metrics"]["kernels"] = ("per motion bucket, over both frames' pixels with a trusted "
+                                   "flow: followed = sum(centroid . flow) / sum(|flow|^2), "
+                                   "error = mean |centroid - flow| px, spread = mean kernel "
+                                   "spread px (sepconv_jax.evaluation.kernels)")
     out.update(self.info)
     out["per_item"] = {item.name: item.to_json() for item in self.items}
     return out
 
 
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (first, second) -> (vertical0, horizontal0, vertical1, horizontal1), each (H, W, K).
+KernelSource = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]]
 
 
 def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, model: str,
              gaussian_ssim: bool = False, warmup: bool = True, limit: int | None = None,
              on_item: Callable[[ItemResult], None] | None = None, info: dict | None = None,
-             motion: bool = False) -> Report:
+             motion: bool = False, kernels: KernelSource | None = None) -> Report:
   """Scores `predict(first, second) -> (H, W, 3) uint8` on every triplet.
 
   Args:
@@ -134,6 +153,9 @@ def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, m
     info: Extra JSON-serialisable facts for the report (padding, root, ...).
     motion: Also score PSNR by motion magnitude (`psnr_by_motion`; optical flow per item, not
       timed).
+    kernels: The model's kernel maps for a pair (e.g. `Interpolator.kernel_maps`): also measure
+      how far they follow the motion (`sepconv_jax.evaluation.kernels`; optical flow per item,
+      not timed).
   """
   results: list[ItemResult] = []
   seen_shapes: set[tuple[int, ...]] = set()
@@ -156,7 +178,8 @@ def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, m
         psnr_masked=(None if triplet.mask is None
                      else psnr_masked(prediction, triplet.truth, triplet.mask)),
         psnr_motion=(psnr_by_motion(prediction, triplet.truth, motion_magnitude(
-            triplet.first, triplet.second, triplet.truth)) if motion else None))
+            triplet.first, triplet.second, triplet.truth)) if motion else None),
+        kernel_sums=None if kernels is None else _kernel_sums(kernels, triplet))
     results.append(result)
     if on_item is not None:
       on_item(result)
@@ -164,3 +187,11 @@ def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, m
     raise EvaluationError(f"no items to evaluate in the {dataset} set")
   return Report(dataset=dataset, model=model, items=results, gaussian_ssim=gaussian_ssim,
                 info=dict(info or {}))
+
+
+def _kernel_sums(kernels: KernelSource, triplet: Triplet) -> dict[str, dict[str, float]]:
+  from sepconv_data.flow import middle_flows  # OpenCV's DIS  # pylint: disable=import-outside-toplevel
+  flow0, valid0, flow1, valid1 = middle_flows(to_uint8(triplet.first), to_uint8(triplet.truth),
+                                              to_uint8(triplet.second))
+  maps = [np.asarray(m) for m in kernels(triplet.first, triplet.second)]
+  return kernel_stats.kernel_sums(maps, flow0, valid0, flow1, valid1)

@@ -38,7 +38,7 @@ from flax import nnx
 
 from pallas_kernels.conv import describe as describe_conv, xla_compiler_options
 from sepconv_jax.network.checkpoint import load_model
-from sepconv_jax.network.model import ConvOptions, SepConvNet
+from sepconv_jax.network.model import ConvOptions, KernelMaps, SepConvNet
 from sepconv_jax.network.padding import DEFAULT_POLICY, POLICIES, run_padded
 
 # Above this many pixels per frame, tile (1280x720 untiled needs a few GB with the full network).
@@ -143,8 +143,13 @@ class Interpolator:
     def network(state, frame0, frame1):
       return nnx.merge(graphdef, state)(frame0, frame1, conv=self.conv)
 
+    @functools.partial(jax.jit, compiler_options=compiler_options)
+    def kernel_network(state, frame0, frame1):
+      return nnx.merge(graphdef, state).kernel_maps(frame0, frame1, conv=self.conv)
+
     self._state = state
     self._network = network
+    self._kernel_network = kernel_network
 
   @property
   def precision(self) -> str:
@@ -209,8 +214,13 @@ class Interpolator:
         weight_sum[window] += weights
     return jnp.asarray(total / weight_sum)
 
-  def __call__(self, first, second) -> np.ndarray | jax.Array:
-    """The frame halfway between `first` and `second` (see the module docstring for formats)."""
+  def _model_frames(self, first, second) -> tuple[jax.Array, jax.Array, bool, bool, object]:
+    """Checks a user's pair (module docstring) and converts it for the network.
+
+    Returns (frame0, frame1, single, is_uint8, numpy_dtype): (B, H, W, 3) float32 in [0, 1] in the
+    model's channel order; whether the pair was single frames, uint8, and its NumPy float dtype
+    (None for jax.Array input).
+    """
     first, second = (x if isinstance(x, jax.Array) else np.asarray(x) for x in (first, second))
     if first.shape != second.shape:
       raise ValueError(f"frames differ in shape: {first.shape} and {second.shape}")
@@ -238,13 +248,31 @@ class Interpolator:
       frame = frame[None] if single else frame
       return frame[..., ::-1] if self.channel_order == "BGR" else frame
 
-    out = self._interpolate_float(to_model(first), to_model(second))
+    return to_model(first), to_model(second), single, is_uint8, numpy_dtype
+
+  def __call__(self, first, second) -> np.ndarray | jax.Array:
+    """The frame halfway between `first` and `second` (see the module docstring for formats)."""
+    frame0, frame1, single, is_uint8, numpy_dtype = self._model_frames(first, second)
+    out = self._interpolate_float(frame0, frame1)
     if self.channel_order == "BGR":
       out = out[..., ::-1]
     out = out[0] if single else out
     if is_uint8:
       return np.asarray(jnp.clip(jnp.round(out * 255.0), 0, 255).astype(jnp.uint8))
     return out if numpy_dtype is None else np.asarray(out, numpy_dtype)
+
+  def kernel_maps(self, first, second) -> KernelMaps:
+    """The network's four kernel maps for the pair (formats as for `__call__`), for inspection.
+
+    Each map is a float32 NumPy array (H, W, K), or (B, H, W, K) for batched frames, on the frames'
+    own pixel grid (padded and cropped back like the frame); index 0/1 is the frame it applies to
+    (`sepconv_jax.evaluation.kernels` measures them against optical flow). The whole frame in one
+    piece (no tiling, no ensemble): frames the size of a 1280x720 one need a few GB.
+    """
+    frame0, frame1, single, _, _ = self._model_frames(first, second)
+    maps = run_padded(functools.partial(self._kernel_network, self._state), frame0, frame1,
+                      policy=self.padding, kernel_size=self.config.kernel_size)
+    return KernelMaps(*(np.asarray(m[0] if single else m, np.float32) for m in maps))
 
   def multiply(self, first, second, factor: int = 2) -> list:
     """The `factor - 1` frames evenly spaced between `first` and `second`, in time order.
