@@ -185,8 +185,13 @@ def _check_crop(dataset: tf.data.Dataset, crop_size: int) -> None:
 
 def read_split(data_dir: str | os.PathLike, split: str, *, process_index: int = 0,
                process_count: int = 1, shuffle_files: bool = False, seed: int = 0,
-               drop_remainder: bool = True, config: str | None = None) -> tf.data.Dataset:
-  """This host's share of a split of the prepared cache, as {"x0", "y", "x1"} uint8 examples."""
+               drop_remainder: bool = True, config: str | None = None,
+               max_flow: float | None = None) -> tf.data.Dataset:
+  """This host's share of a split of the prepared cache, as {"x0", "y", "x1"} uint8 examples;
+  with `max_flow`, only the patches whose cached mean |flow| from x0 to x1 (full-resolution
+  pixels) is at most that."""
+  if max_flow is not None and not max_flow > 0:
+    raise ValueError(f"{max_flow=} must be positive")
   cache = builder.load_builder(data_dir, config)
   if split not in cache.info.splits:
     raise builder.CacheError(f"the cache in {data_dir} has no {split!r} split "
@@ -196,6 +201,8 @@ def read_split(data_dir: str | os.PathLike, split: str, *, process_index: int = 
       split=_host_split(split, process_index, process_count, drop_remainder),
       shuffle_files=shuffle_files, read_config=read_config,
       decoders={"sequence": tfds.decode.SkipDecoding()})
+  if max_flow is not None:
+    dataset = dataset.filter(lambda example: example["flow"] <= max_flow)
   return dataset.map(lambda example: {k: example[k] for k in FRAMES})
 
 
@@ -203,15 +210,21 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
                   seed: int = 0, process_index: int = 0, process_count: int = 1,
                   shuffle_buffer: int = 1024, threads: int = 2, repeat: bool = True,
                   split: str = builder.TRAIN, config: str | None = None,
-                  min_scale: float = 1.0, flows: bool = False) -> tf.data.Dataset:
+                  min_scale: float = 1.0, flows: bool = False,
+                  max_flow: float | None = None) -> tf.data.Dataset:
   """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`;
-  with `flows`, also the optical flows of each crop (module docstring)."""
+  with `flows`, also the optical flows of each crop (module docstring); with `max_flow`, from
+  the patches that move at most that much only (`read_split`)."""
   if not 0.0 < min_scale <= 1.0:
     raise ValueError(f"{min_scale=} must be in (0, 1]")
   dataset = read_split(data_dir, split, process_index=process_index,
                        process_count=process_count, shuffle_files=True, seed=seed,
-                       drop_remainder=True, config=config)
+                       drop_remainder=True, config=config, max_flow=max_flow)
   _check_crop(dataset, crop_size)
+  if max_flow is not None and not any(True for _ in dataset.take(1)):
+    # An empty filtered split would make the repeated pipeline below spin forever.
+    raise ValueError(f"no training patch in {os.fspath(data_dir)} moves at most {max_flow=} px "
+                     "between its input frames")
   if shuffle_buffer > 1:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:

@@ -181,6 +181,26 @@ def test_train_pipeline_batches_are_deterministic_and_host_sharded(cache):
     pipeline.read_split(data_dir, "train", process_index=2, process_count=2)
 
 
+def test_max_flow_keeps_exactly_the_patches_that_move_at_most_that_much(cache):
+  _, data_dir = cache
+  examples = _examples(data_dir, "train")
+  flows = np.array([e["flow"] for e in examples])
+  threshold = float(np.median(flows))
+  expected = {e["x0"].tobytes() for e in examples if e["flow"] <= threshold}
+  assert 0 < len(expected) < len(examples)
+  kept = {e["x0"].numpy().tobytes()
+          for e in pipeline.read_split(data_dir, "train", max_flow=threshold)}
+  assert kept == expected
+  batch = next(iter(pipeline.train_dataset(data_dir, batch_size=2, crop_size=32,
+                                            max_flow=threshold)))
+  assert batch["y"].shape == (2, 32, 32, 3)
+  # Nothing left: an error, not an endless search for a first batch.
+  with pytest.raises(ValueError, match="no training patch"):
+    pipeline.train_dataset(data_dir, crop_size=32, max_flow=float(flows.min()) / 2)
+  with pytest.raises(ValueError, match="max_flow"):
+    pipeline.read_split(data_dir, "train", max_flow=0.0)
+
+
 def test_validation_pipeline_is_plain(cache):
   _, data_dir = cache
   full = list(pipeline.validation_dataset(data_dir, batch_size=64))

@@ -32,6 +32,7 @@ def _run(*args, timeout=300, cwd=REPO_ROOT):
     (["--workdir", "w", "--decay", "300:200"], 1, "end after it starts"),
     (["--workdir", "w", "--final-lr", "1e-5"], 2, "--final-lr needs --decay"),
     (["--workdir", "w", "--precision", "float16"], 2, "invalid choice"),
+    (["--workdir", "w", "--max-flow", "-3"], 2, "must be positive"),
 ])
 def test_usage_errors_are_one_line(tmp_path, args, code, message):
   done = _run(*[a if a != "w" else tmp_path / "w" for a in args])

@@ -231,6 +231,14 @@ def test_alternate_crops_train_every_second_step_on_the_other_size(tmp_path):
     config.with_overrides(alternate_min_scale=0.0)
 
 
+def test_max_flow_reaches_the_training_pipeline(data_dir):
+  config = tiny(data_dir, max_flow=1e-3)  # the synthetic patches all move more
+  with pytest.raises(ValueError, match="no training patch"):
+    loop._train_batches(config, loop._open_data(config))
+  with pytest.raises(ValueError, match="max_flow"):
+    config.with_overrides(max_flow=-1.0)
+
+
 def test_resume_is_bit_exact(data_dir, tmp_path):
   # With a warm-up spanning the resume point: the schedule's step count must be restored too.
   config = tiny(data_dir, steps_per_epoch=3, checkpoint_every=2, num_samples=0, warmup_steps=4)

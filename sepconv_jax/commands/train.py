@@ -76,6 +76,10 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
                       "pixels per step (the batch scaled by (--crop-size / N)^2)")
   p.add_argument("--alternate-min-scale", type=float, metavar="S",
                  help="those crops' random downscale factor is in [S, 1] (default 1: none)")
+  p.add_argument("--max-flow", type=positive(float), metavar="PX",
+                 help="train only on patches whose mean motion between the two input frames "
+                      "is at most PX pixels (the cache's DIS flow; the 51-tap kernels follow "
+                      "at most 50; default: every patch)")
   length = p.add_mutually_exclusive_group()
   length.add_argument("--epochs", type=positive(int))
   length.add_argument("--steps", type=positive(int), help="total steps (instead of --epochs)")
@@ -144,7 +148,8 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         data_dir=args.data, loss=args.loss, nu=args.nu, vgg_weights=args.vgg_weights,
         learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
         min_scale=args.min_scale, alternate_crop_size=args.alternate_crop_size,
-        alternate_min_scale=args.alternate_min_scale, warmup_steps=args.warmup_steps,
+        alternate_min_scale=args.alternate_min_scale, max_flow=args.max_flow,
+        warmup_steps=args.warmup_steps,
         decay_start=args.decay and args.decay[0], decay_end=args.decay and args.decay[1],
         final_learning_rate=args.final_lr,
         epochs=args.epochs, steps=args.steps, steps_per_epoch=args.steps_per_epoch,

@@ -64,6 +64,11 @@ class TrainConfig:
       [alternate_min_scale, 1] instead, `alternate_batch_size` of them, so that both kinds of
       step see as many pixels (say 64x64 downscaled crops, small motion, next to 128x128 ones
       that hold large motion). None: off. Validation stays on `crop_size` crops.
+    max_flow: Train only on the cached patches whose mean motion from x0 to x1 (their DIS flow,
+      full-resolution pixels, recorded by `sepconv prepare`) is at most this. The kernels reach
+      K // 2 pixels from the middle frame, 2 * (K // 2) = 50 from x0 to x1 at K = 51: a patch
+      moving farther cannot be followed, and its best L1 answer is a wide kernel, which is blur.
+      None: every patch. (`steps_per_epoch`'s default still counts every patch.)
     epochs, steps: Length of the run. `steps` wins when set; otherwise `epochs` epochs of
       `steps_per_epoch` steps (by default the training split's size // batch_size).
     seed: Fixes the initialisation, the data order and augmentation, and the state's RNG.
@@ -106,6 +111,7 @@ class TrainConfig:
   min_scale: float = 1.0
   alternate_crop_size: int | None = None
   alternate_min_scale: float = 1.0
+  max_flow: float | None = None
   epochs: int = 50
   steps: int | None = None
   steps_per_epoch: int | None = None
@@ -169,6 +175,8 @@ class TrainConfig:
                          f"must be a multiple of alternate_crop_size^2 "
                          f"({self.alternate_crop_size}^2), so that both kinds of step see as "
                          f"many pixels")
+    if self.max_flow is not None and not self.max_flow > 0:
+      raise ValueError(f"max_flow must be positive (pixels) or None, got {self.max_flow}")
     if self.num_samples < 0 or self.nu < 0 or self.full_validation < 0:
       raise ValueError("num_samples, full_validation and nu must not be negative")
     if self.centroid_weight < 0 or (self.centroid_steps is not None and self.centroid_steps < 1):
