@@ -194,6 +194,9 @@ def test_full_frame_validation_ranks_checkpoints(data_dir, tmp_path):
   # The synthetic sequences pan by a few pixels a frame: every pixel is in the smallest bucket.
   assert {"psnr", "full_psnr", "full_psnr_<4px"} <= set(scores)
   assert 10 < scores["full_psnr"] < 60
+  # And how far the kernels follow that motion (a tiny network barely moves from averaging's 0).
+  followed = {k: v for k, v in scores.items() if k.startswith("full_followed_")}
+  assert followed and all(-1 < v < 1 for v in followed.values())
   best = max(result.validation, key=lambda s: result.validation[s]["full_psnr"])
   assert result.best_step == best
   triplets = loop._validation_frames(str(data_dir), 3, gap=2)

@@ -82,8 +82,9 @@ class TrainConfig:
     num_samples: Full frames interpolated at each validation and written as images.
     full_validation, full_validation_gap: At each validation, also score this many full-frame
       triplets (n - gap, n, n + gap) of the held-out sequences, overall and by motion magnitude
-      (`sepconv_jax.evaluation.psnr_by_motion`); the best checkpoint is then the one with the
-      highest full-frame PSNR. 0: off (ranked by the validation crops).
+      (`sepconv_jax.evaluation.psnr_by_motion`), and measure how far the kernels follow that
+      motion ("followed" of `sepconv_jax.evaluation.kernels`); the best checkpoint is then the one
+      with the highest full-frame PSNR. 0: off (ranked by the validation crops).
     shuffle_buffer, data_threads: tf.data settings (`sepconv_data.pipeline.train_dataset`).
     centroid_weight, centroid_steps: Flow-guided kernels: add `centroid_weight` times
       `sepconv_jax.training.losses.kernel_centroid_loss` (kernel centroids against the optical flow from

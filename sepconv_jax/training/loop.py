@@ -45,7 +45,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sepconv_jax.evaluation import datasets, runner, scoring
+from sepconv_jax.evaluation import datasets, kernels as kernel_stats, runner, scoring
 from sepconv_jax.network import checkpoint as checkpoint_lib
 from sepconv_jax.network.model import ConvOptions
 from sepconv_jax.network.padding import run_padded
@@ -279,10 +279,10 @@ def _sample_triplets(data_dir: str, count: int) -> list[tuple[np.ndarray, np.nda
 
 
 @functools.lru_cache(maxsize=8)
-def _sample_net(graphdef: nnx.GraphDef, conv: ConvOptions):
+def _sample_net(graphdef: nnx.GraphDef, conv: ConvOptions, return_kernels: bool = False):
   conv = conv._replace(forward_only=True)  # samples and full frames: no gradients
-  return jax.jit(lambda params, a, b: nnx.merge(graphdef, params)(a, b, conv=conv),
-                 compiler_options=jit_options(conv))
+  return jax.jit(lambda params, a, b: nnx.merge(graphdef, params)(
+      a, b, conv=conv, return_kernels=return_kernels), compiler_options=jit_options(conv))
 
 
 class _FullFrames:
@@ -290,39 +290,52 @@ class _FullFrames:
 
   def __init__(self, graphdef: nnx.GraphDef, kernel_size: int, conv: ConvOptions):
     self._kernel_size = kernel_size
-    self._net = _sample_net(graphdef, conv)
+    self._net = {kernels: _sample_net(graphdef, conv, kernels) for kernels in (False, True)}
 
-  def __call__(self, params: nnx.State, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+  def __call__(self, params: nnx.State, x0: np.ndarray, x1: np.ndarray, *,
+               kernels: bool = False):
+    """The middle frame (H, W, 3) uint8; with `kernels`, (frame, the four kernel maps as
+    (H, W, K) float32 NumPy arrays on the frame's grid)."""
     # One local copy of the replicated parameters (`params` may be sharded over the mesh).
     local = jax.tree.map(lambda a: a.addressable_data(0), params)
     a, b = (jnp.asarray(f[None], jnp.float32) / 255.0 for f in (x0, x1))
-    middle = run_padded(functools.partial(self._net, local), a, b, policy=SAMPLE_PADDING,
-                        kernel_size=self._kernel_size)
-    return np.asarray(metrics_lib.quantize(middle[0])).astype(np.uint8)
+    out = run_padded(functools.partial(self._net[kernels], local), a, b, policy=SAMPLE_PADDING,
+                     kernel_size=self._kernel_size)
+    middle, maps = out if kernels else (out, None)
+    frame = np.asarray(metrics_lib.quantize(middle[0])).astype(np.uint8)
+    return (frame, [np.asarray(m[0]) for m in maps]) if kernels else frame
 
 
 class _FullValidation:
-  """PSNR on full held-out frames, overall and by motion (`scoring.psnr_by_motion`)."""
+  """PSNR on full held-out frames, overall and by motion (`scoring.psnr_by_motion`), and how far
+  the kernels follow that motion (`sepconv_jax.evaluation.kernels`)."""
 
   def __init__(self, frames: _FullFrames, triplets):
+    from sepconv_data.flow import middle_flows  # OpenCV's DIS  # pylint: disable=import-outside-toplevel
     self._frames = frames
-    self._triplets = [(x0, y, x1, scoring.motion_magnitude(x0, x1, y))
-                      for x0, y, x1 in triplets]
+    self._triplets = [(x0, y, x1, middle_flows(x0, y, x1)) for x0, y, x1 in triplets]
 
   def __len__(self) -> int:
     return len(self._triplets)
 
   def score(self, params: nnx.State) -> dict[str, float]:
     items = []
-    for x0, y, x1, motion in self._triplets:
-      prediction = self._frames(params, x0, x1)
+    for x0, y, x1, flows in self._triplets:
+      prediction, maps = self._frames(params, x0, x1, kernels=True)
+      flow0, _, flow1, _ = flows
+      # As `scoring.motion_magnitude`: the larger |flow| from the middle frame to an input frame.
+      motion = np.maximum(np.hypot(flow0[..., 0], flow0[..., 1]),
+                          np.hypot(flow1[..., 0], flow1[..., 1]))
       items.append(runner.ItemResult(
           name="", psnr=scoring.psnr(prediction, y), ssim=0.0, seconds=0.0,
-          psnr_motion=scoring.psnr_by_motion(prediction, y, motion)))
+          psnr_motion=scoring.psnr_by_motion(prediction, y, motion),
+          kernel_sums=kernel_stats.kernel_sums(maps, *flows)))
     report = runner.Report(dataset="validation", model="", items=items)
     scores = {"full_psnr": report.psnr}
     scores.update({f"full_psnr_{name}": value for name, value in report.psnr_motion.items()
                    if value is not None})
+    scores.update({f"full_followed_{name}": values["followed"]
+                   for name, values in report.kernels.items() if values["followed"] is not None})
     return scores
 
 
@@ -524,7 +537,10 @@ class _Validator:
       line += (f"; full frames ({len(self._full)}) PSNR {full['full_psnr']:.2f} dB, by motion "
                + ", ".join(f"{name} {full[f'full_psnr_{name}']:.2f}"
                            for name, _, _ in scoring.MOTION_BUCKETS
-                           if f"full_psnr_{name}" in full))
+                           if f"full_psnr_{name}" in full)
+               + "; kernels follow " + ", ".join(
+                   f"{name} {full[f'full_followed_{name}']:.2f}"
+                   for name, _, _ in scoring.MOTION_BUCKETS if f"full_followed_{name}" in full))
     self.scores[step] = scores
     for name, value in scores.items():
       self._writer.scalar(f"validation/{name}", value, step)
