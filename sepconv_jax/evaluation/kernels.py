@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sepconv_jax.evaluation.scoring import MOTION_BUCKETS
+from sepconv_jax.evaluation.scoring import MOTION_BUCKETS, motion_from_flows
 
 # The additive per-bucket sums an item contributes; a set's statistics come from their totals.
 SUM_FIELDS = ("pixels", "dot", "flow_squared", "error", "spread")
@@ -64,8 +64,7 @@ def kernel_sums(maps: Sequence[np.ndarray], flow0: np.ndarray, valid0: np.ndarra
   for name, array in zip(("vertical0", "horizontal0", "vertical1", "horizontal1"), maps):
     if array.ndim != 3 or array.shape[:2] != shape:
       raise ValueError(f"{name}.shape={array.shape} must be (H, W, K) with (H, W) = {shape}")
-  motion = np.maximum(np.hypot(flow0[..., 0], flow0[..., 1]),
-                      np.hypot(flow1[..., 0], flow1[..., 1]))
+  motion = motion_from_flows(flow0, flow1)
   sums = {name: dict.fromkeys(SUM_FIELDS, 0.0) for name, _, _ in MOTION_BUCKETS}
   for vertical, horizontal, flow, valid in ((vertical0, horizontal0, flow0, valid0),
                                             (vertical1, horizontal1, flow1, valid1)):

@@ -20,8 +20,9 @@ import numpy as np
 from sepconv_jax.evaluation import kernels as kernel_stats
 from sepconv_jax.evaluation.datasets import EvaluationError, Triplet
 from sepconv_jax.evaluation.scoring import (MOTION_BUCKETS, SSIM_GAUSSIAN_LABEL, SSIM_LABEL,
-                                            motion_magnitude, psnr, psnr_by_motion, psnr_masked,
-                                            ssim, ssim_gaussian, to_uint8)
+                                            motion_from_flows, motion_magnitude, psnr,
+                                            psnr_by_motion, psnr_masked, ssim, ssim_gaussian,
+                                            to_uint8)
 
 
 @dataclasses.dataclass
@@ -171,15 +172,19 @@ def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, m
     start = time.perf_counter()
     prediction = np.asarray(predict(triplet.first, triplet.second))
     seconds = time.perf_counter() - start
+    flows = None if kernels is None else _middle_flows(triplet)
+    if motion:  # from the kernels' flows when there are some: the same DIS flows, computed once
+      motion_map = (motion_magnitude(triplet.first, triplet.second, triplet.truth)
+                    if flows is None else motion_from_flows(flows[0], flows[2]))
     result = ItemResult(
         name=triplet.name, psnr=psnr(prediction, triplet.truth),
         ssim=ssim(prediction, triplet.truth), seconds=seconds,
         ssim_gaussian=ssim_gaussian(prediction, triplet.truth) if gaussian_ssim else None,
         psnr_masked=(None if triplet.mask is None
                      else psnr_masked(prediction, triplet.truth, triplet.mask)),
-        psnr_motion=(psnr_by_motion(prediction, triplet.truth, motion_magnitude(
-            triplet.first, triplet.second, triplet.truth)) if motion else None),
-        kernel_sums=None if kernels is None else _kernel_sums(kernels, triplet))
+        psnr_motion=psnr_by_motion(prediction, triplet.truth, motion_map) if motion else None,
+        kernel_sums=None if kernels is None else kernel_stats.kernel_sums(
+            [np.asarray(m) for m in kernels(triplet.first, triplet.second)], *flows))
     results.append(result)
     if on_item is not None:
       on_item(result)
@@ -189,9 +194,7 @@ def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, m
                 info=dict(info or {}))
 
 
-def _kernel_sums(kernels: KernelSource, triplet: Triplet) -> dict[str, dict[str, float]]:
+def _middle_flows(triplet: Triplet) -> tuple[np.ndarray, ...]:
+  """`sepconv_data.flow.middle_flows` of a triplet: (flow0, valid0, flow1, valid1)."""
   from sepconv_data.flow import middle_flows  # OpenCV's DIS  # pylint: disable=import-outside-toplevel
-  flow0, valid0, flow1, valid1 = middle_flows(to_uint8(triplet.first), to_uint8(triplet.truth),
-                                              to_uint8(triplet.second))
-  maps = [np.asarray(m) for m in kernels(triplet.first, triplet.second)]
-  return kernel_stats.kernel_sums(maps, flow0, valid0, flow1, valid1)
+  return middle_flows(to_uint8(triplet.first), to_uint8(triplet.truth), to_uint8(triplet.second))

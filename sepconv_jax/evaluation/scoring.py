@@ -105,10 +105,16 @@ def psnr_masked(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> 
 
 def motion_magnitude(first: np.ndarray, second: np.ndarray, truth: np.ndarray) -> np.ndarray:
   """(H, W) float32 pixels: the larger |DIS flow| from `truth` to `first` and to `second`."""
-  from sepconv_data.flow import flow_magnitude  # OpenCV's DIS  # pylint: disable=import-outside-toplevel
+  from sepconv_data.flow import dis_flow  # OpenCV's DIS  # pylint: disable=import-outside-toplevel
   truth = to_uint8(truth)
-  return np.maximum(flow_magnitude(truth, to_uint8(first), downscale=1),
-                    flow_magnitude(truth, to_uint8(second), downscale=1)).astype(np.float32)
+  return motion_from_flows(dis_flow(truth, to_uint8(first)), dis_flow(truth, to_uint8(second)))
+
+
+def motion_from_flows(flow0: np.ndarray, flow1: np.ndarray) -> np.ndarray:
+  """(H, W) float32: the larger |flow| of two (H, W, 2) flows from the middle frame to the inputs
+  (`motion_magnitude` for flows already computed, e.g. by `sepconv_data.flow.middle_flows`)."""
+  return np.maximum(np.hypot(flow0[..., 0], flow0[..., 1]),
+                    np.hypot(flow1[..., 0], flow1[..., 1])).astype(np.float32)
 
 
 def psnr_by_motion(prediction: np.ndarray, truth: np.ndarray, motion: np.ndarray

@@ -322,10 +322,7 @@ class _FullValidation:
     items = []
     for x0, y, x1, flows in self._triplets:
       prediction, maps = self._frames(params, x0, x1, kernels=True)
-      flow0, _, flow1, _ = flows
-      # As `scoring.motion_magnitude`: the larger |flow| from the middle frame to an input frame.
-      motion = np.maximum(np.hypot(flow0[..., 0], flow0[..., 1]),
-                          np.hypot(flow1[..., 0], flow1[..., 1]))
+      motion = scoring.motion_from_flows(flows[0], flows[2])
       items.append(runner.ItemResult(
           name="", psnr=scoring.psnr(prediction, y), ssim=0.0, seconds=0.0,
           psnr_motion=scoring.psnr_by_motion(prediction, y, motion),
