@@ -33,6 +33,7 @@ def _run(*args, timeout=300, cwd=REPO_ROOT):
     (["--workdir", "w", "--final-lr", "1e-5"], 2, "--final-lr needs --decay"),
     (["--workdir", "w", "--precision", "float16"], 2, "invalid choice"),
     (["--workdir", "w", "--max-flow", "-3"], 2, "must be positive"),
+    (["--workdir", "w", "--ema-decay", "1"], 1, "ema_decay must be in (0, 1)"),
 ])
 def test_usage_errors_are_one_line(tmp_path, args, code, message):
   done = _run(*[a if a != "w" else tmp_path / "w" for a in args])
@@ -57,13 +58,15 @@ def test_tiny_run_end_to_end(tmp_path):
   done = _run("--config", "tiny", "--data", data, "--workdir", workdir, "--loss", "l2",
               "--steps", 2, "--min-scale", 0.9, "--warmup-steps", 2,
               "--decay", "2:4", "--final-lr", 1e-4, "--precision", "bfloat16",
-              "--full-validation", 1, "--full-validation-gap", 2, "--no-progress")
+              "--full-validation", 1, "--full-validation-gap", 2, "--ema-decay", 0.9,
+              "--no-progress")
   assert done.returncode == 0, done.stderr[-2000:]
   assert "trained to step 2" in done.stdout
   assert "step 1/2: loss" in done.stdout  # without a bar: one plain line per log interval
   model, metadata = load_model(workdir / "checkpoints" / "2")
   assert metadata["info"]["loss"] == "l2" and metadata["info"]["step"] == 2
   assert metadata["info"]["train_config"]["precision"] == "bfloat16"
+  assert metadata["info"]["train_config"]["ema_decay"] == 0.9
   assert "full_psnr" in metadata["info"]["validation"]
   # Errors found after start-up are one line too: existing checkpoints without --resume, and a
   # folder without a prepared cache.

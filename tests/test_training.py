@@ -3,6 +3,7 @@ kill-safety, fine-tuning and data parallelism on simulated CPU devices."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -113,6 +114,37 @@ def test_loss_decreases_over_50_steps():
   assert all(np.isfinite(history))
   assert np.mean(history[-4:]) < 0.7 * np.mean(history[:2]), history
   assert int(state.step) == 50
+
+
+def test_moving_average_follows_the_parameters_step_by_step():
+  """With `ema_decay` the step trains exactly as without, and the average after each step is
+  d * average + (1 - d) * new parameters, starting from the initial parameters."""
+  config = configs.get_config("tiny").with_overrides(model=SepConvConfig.tiny(),
+                                                     learning_rate=3e-3)
+  mesh = steps_lib.make_mesh(jax.devices()[:1])
+  batches = [steps_lib.shard_batch(b, mesh) for b in _fixed_batches(count=2)]
+  runs = {}
+  for decay in (None, 0.75):
+    graphdef, state = steps_lib.create_train_state(config.with_overrides(ema_decay=decay))
+    step = steps_lib.make_train_step(graphdef, losses.get_loss("l1"),
+                                     steps_lib.make_optimizer(config), mesh, ema_decay=decay)
+    state = steps_lib.replicate(state, mesh)
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
+    trajectory = [(leaves(state.params), leaves(state.model_params))]
+    for batch in batches:
+      state, _ = step(state, batch)
+      trajectory.append((leaves(state.params), leaves(state.model_params)))
+    runs[decay] = trajectory
+  for (plain, plain_model), (raw, average) in zip(runs[None], runs[0.75], strict=True):
+    for a, b in zip(plain, raw, strict=True):
+      np.testing.assert_array_equal(a, b)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, plain_model))
+  expected = runs[0.75][0][0]
+  for (raw, average) in runs[0.75][1:]:
+    expected = [0.75 * e + 0.25 * r for e, r in zip(expected, raw)]
+    for e, a in zip(expected, average, strict=True):
+      np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7)
+  assert not np.array_equal(runs[0.75][-1][0][0], runs[0.75][-1][1][0])
 
 
 @pytest.mark.parametrize("loss", ["l1", "l2", "ssim"])
@@ -269,6 +301,28 @@ def test_resume_is_bit_exact(data_dir, tmp_path):
   with pytest.raises(steps_lib.TrainingError, match="differs .* at step 6"):
     loop.train(config.with_overrides(steps=9, decay_start=5, decay_end=9), tmp_path / "b",
                    resume=True, progress=False)
+
+
+def test_moving_average_is_the_saved_model_and_resumes_bit_exact(data_dir, tmp_path):
+  config = tiny(data_dir, steps_per_epoch=3, checkpoint_every=2, num_samples=0, ema_decay=0.5)
+  straight = loop.train(config.with_overrides(steps=5), tmp_path / "a", progress=False)
+  loop.train(config.with_overrides(steps=3), tmp_path / "b", progress=False)
+  resumed = loop.train(config.with_overrides(steps=5), tmp_path / "b", resume=True,
+                       progress=False)
+  assert resumed.history == straight.history[3:]  # the raw parameters came back too
+  for a, b in zip(_params(straight.checkpoint()), _params(resumed.checkpoint()), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # The same run without the average trains identically; its saved model is the raw parameters.
+  plain = loop.train(dataclasses.replace(config, steps=5, ema_decay=None), tmp_path / "c",
+                     progress=False)
+  assert plain.history == straight.history
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(_params(plain.checkpoint()), _params(straight.checkpoint()), strict=True))
+  with pytest.raises(steps_lib.TrainingError, match="different configuration"):
+    loop.train(config.with_overrides(steps=6, ema_decay=0.9), tmp_path / "b", resume=True,
+               progress=False)
+  with pytest.raises(ValueError, match="ema_decay"):
+    config.with_overrides(ema_decay=1.0)
 
 
 def test_precision_is_recorded_and_may_change_on_resume(data_dir, tmp_path):

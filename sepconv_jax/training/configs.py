@@ -90,6 +90,12 @@ class TrainConfig:
       `sepconv_jax.training.losses.kernel_centroid_loss` (kernel centroids against the optical flow from
       the true middle frame, computed per crop by the data pipeline), falling linearly to 0 at
       step `centroid_steps` (None: constant). 0: off.
+    ema_decay: Polyak averaging: keep an exponential moving average of the parameters, updated
+      after every step as `ema_decay * average + (1 - ema_decay) * parameters` from the run's
+      initial parameters (so at 0.999 it spans about the last 1,000 steps, and early on it is a
+      blend with the starting point). The average is what is validated, ranked and saved as each
+      checkpoint's "model" (what `load_model`, `sepconv export`, `--init-from` and the benchmarks
+      read); the raw parameters are saved beside it for `--resume`. None: off.
     precision: The convolutions' compute precision, "float32" or "bfloat16" (bfloat16 operands,
       float32 accumulation; parameters, optimizer state and checkpoints stay float32; see
       `pallas_kernels.conv`). None: the backend's default, resolved and recorded in the run's
@@ -130,6 +136,7 @@ class TrainConfig:
   data_threads: int = 2
   centroid_weight: float = 0.0
   centroid_steps: int | None = None
+  ema_decay: float | None = None
   precision: str | None = None
 
   def __post_init__(self):
@@ -183,6 +190,8 @@ class TrainConfig:
     if self.centroid_weight < 0 or (self.centroid_steps is not None and self.centroid_steps < 1):
       raise ValueError(f"centroid_weight must not be negative and centroid_steps must be "
                        f"positive, got {self.centroid_weight} and {self.centroid_steps}")
+    if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+      raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
     if self.full_validation_gap < 1:
       raise ValueError(f"full_validation_gap must be positive, got {self.full_validation_gap}")
     if self.precision is not None and self.precision not in PRECISIONS:

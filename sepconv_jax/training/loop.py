@@ -2,13 +2,14 @@
 around the pure steps of `sepconv_jax.training.steps`.
 
 Checkpoints. `<workdir>/checkpoints/<step>/` is written by one `ocp.CheckpointManager`, with items
-  model      the parameters: the same item as `sepconv_jax.save_model`, so
-             `sepconv_jax.load_model(<workdir>/checkpoints/<step>)` (and the Interpolator) loads
-             any step directory;
+  model      the parameters (their moving average with `TrainConfig.ema_decay`): the same item
+             as `sepconv_jax.save_model`, so `sepconv_jax.load_model(<workdir>/checkpoints/<step>)`
+             (and the Interpolator) loads any step directory;
   metadata   JSON: config, channel order ("RGB"), and in `info` the step, loss, the whole
              `TrainConfig` and the validation scores;
   optimizer  the AdaMax state;
-  train      step, PRNG key and the number of training batches consumed (the data position).
+  train      step, PRNG key and the number of training batches consumed (the data position);
+             with a moving average, also the raw parameters ("online_params") it follows.
 Saves happen every `checkpoint_every` steps, at each epoch end (with the validation scores as
 the checkpoint's metrics) and at the last step; the latest `keep_checkpoints` are kept and, in
 addition, the best by validation PSNR. Saves are synchronous and Orbax writes each into a
@@ -99,10 +100,18 @@ def save_checkpoint(manager, state: TrainState, config: TrainConfig, *,
       "step": step, "loss": config.loss, "train_config": config.to_dict(),
       "validation": validation})
   checkpoint_lib.save_training_step(
-      manager, step, params=state.params, opt_state=state.opt_state,
-      train={"step": state.step, "rng": state.rng, "batches_consumed": state.step},
-      metadata=metadata, metrics=validation)
+      manager, step, params=state.model_params, opt_state=state.opt_state,
+      train=_train_item(state), metadata=metadata, metrics=validation)
   return step
+
+
+def _train_item(state: TrainState) -> dict:
+  """The checkpoint's "train" item: the data position and key, and with a moving average (which
+  is the "model" item then) the raw parameters the optimizer continues from."""
+  item = {"step": state.step, "rng": state.rng, "batches_consumed": state.step}
+  if state.ema_params is not None:
+    item["online_params"] = state.params
+  return item
 
 
 def restore_checkpoint(manager, step: int, template: TrainState, mesh: jax.sharding.Mesh
@@ -111,20 +120,24 @@ def restore_checkpoint(manager, step: int, template: TrainState, mesh: jax.shard
   sharding = NamedSharding(mesh, P())
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           template)
-  params, opt_state, train = checkpoint_lib.restore_training_step(
-      manager, step, params=abstract.params, opt_state=abstract.opt_state,
-      train={"step": abstract.step, "rng": abstract.rng, "batches_consumed": abstract.step})
+  model, opt_state, train = checkpoint_lib.restore_training_step(
+      manager, step, params=abstract.model_params, opt_state=abstract.opt_state,
+      train=_train_item(abstract))
   if int(train["batches_consumed"]) != int(train["step"]):
     raise TrainingError(f"checkpoint {step} has an unexpected data position")
-  return TrainState(step=train["step"], params=params, opt_state=opt_state, rng=train["rng"])
+  if template.ema_params is None:
+    return TrainState(step=train["step"], params=model, opt_state=opt_state, rng=train["rng"])
+  return TrainState(step=train["step"], params=train["online_params"], opt_state=opt_state,
+                    rng=train["rng"], ema_params=model)
 
 
 @functools.lru_cache(maxsize=16)
 def _step_functions(graphdef: nnx.GraphDef, loss_fn: losses.Loss, optimizer, mesh,
-                    conv: ConvOptions, centroid: tuple[float, int | None] | None):
+                    conv: ConvOptions, centroid: tuple[float, int | None] | None,
+                    ema_decay: float | None):
   """(train step, eval step), cached so that runs of one configuration in a process (tests,
   sweeps) compile them once (`make_optimizer` gives one optimizer object per setting)."""
-  return (make_train_step(graphdef, loss_fn, optimizer, mesh, conv, centroid),
+  return (make_train_step(graphdef, loss_fn, optimizer, mesh, conv, centroid, ema_decay),
           make_eval_step(graphdef, mesh, conv))
 
 
@@ -591,7 +604,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     (workdir / "config.json").write_text(config.to_json())
 
   train_step_fn, eval_step_fn = _step_functions(
-      graphdef, loss_fn, make_optimizer(config), mesh, conv, _centroid_settings(config))
+      graphdef, loss_fn, make_optimizer(config), mesh, conv, _centroid_settings(config),
+      config.ema_decay)
   dataset = _train_batches(config, data)
   # The data position: the pipeline is deterministic, so skipping the consumed batches puts the
   # resumed run exactly where the interrupted one stopped.
@@ -663,7 +677,7 @@ def _run_steps(config: TrainConfig, data: _Data, state: TrainState, batches, tra
           writer.scalar("train/peak_rss_mb", _peak_rss_mb(), step)
         bar.update(step - bar.n)
       if save:
-        scores = (validate(step, state.params, bar.write)
+        scores = (validate(step, state.model_params, bar.write)
                   if (epoch_end or step == total_steps) else None)
         save_checkpoint(manager, state, config, validation=scores)
         last_good = step

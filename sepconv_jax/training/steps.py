@@ -53,6 +53,13 @@ class TrainState:
   params: nnx.State
   opt_state: optax.OptState
   rng: jax.Array  # raw uint32[2] PRNG key
+  # With `TrainConfig.ema_decay`: the moving average of `params` (Polyak averaging); else None.
+  ema_params: nnx.State | None = None
+
+  @property
+  def model_params(self) -> nnx.State:
+    """The parameters to validate and save as the model: the average where there is one."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int = 0,
@@ -127,9 +134,11 @@ def create_train_state(config: TrainConfig, *, params: nnx.State | None = None
     params = _initializer(config.model)(config.seed)
   elif jax.tree.structure(params) != jax.tree.structure(abstract):
     raise TrainingError("the initial parameters do not fit the configured network")
+  # The average starts at the initial parameters, in buffers of its own (the state is donated).
+  ema = None if config.ema_decay is None else jax.tree.map(jnp.copy, params)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=make_optimizer(config).init(params),
-                     rng=jax.random.PRNGKey(config.seed))
+                     rng=jax.random.PRNGKey(config.seed), ema_params=ema)
   return graphdef, state
 
 
@@ -141,12 +150,13 @@ def predict(graphdef: nnx.GraphDef, params: nnx.State, batch: Mapping[str, jax.A
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: nnx.GraphDef,
                loss_fn: losses.Loss, optimizer: optax.GradientTransformation,
                axis_name: str | None = None, conv: ConvOptions = ConvOptions(),
-               centroid: tuple[float, int | None] | None = None
+               centroid: tuple[float, int | None] | None = None,
+               ema_decay: float | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdaMax step on `batch`; pure. With `axis_name`, averages over that mapped axis; `conv`
   says how the network's convolutions run (precision, implementation); `centroid` (weight,
   anneal steps) adds the flow-guided kernel loss (`losses.kernel_centroid_loss`), for which the
-  batch carries the flows."""
+  batch carries the flows; `ema_decay` moves `state.ema_params` towards the new parameters."""
   rng, _ = jax.random.split(state.rng)
 
   def compute_loss(params):
@@ -164,7 +174,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, graphdef: n
     loss, extra, grads = jax.lax.pmean((loss, extra, grads), axis_name)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+  ema = (None if ema_decay is None
+         else optax.incremental_update(params, state.ema_params, 1.0 - ema_decay))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
+                            ema_params=ema)
   return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **extra}
 
 
@@ -196,12 +209,13 @@ def jit_options(conv: ConvOptions) -> dict[str, str]:
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: losses.Loss,
                     optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                     conv: ConvOptions = ConvOptions(),
-                    centroid: tuple[float, int | None] | None = None
+                    centroid: tuple[float, int | None] | None = None,
+                    ema_decay: float | None = None
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
   """`train_step` jitted over `mesh`: batch split on its first axis, state replicated, donated."""
   conv = conv.resolved()
   step = functools.partial(train_step, graphdef=graphdef, loss_fn=loss_fn, optimizer=optimizer,
-                           axis_name=DATA_AXIS, conv=conv, centroid=centroid)
+                           axis_name=DATA_AXIS, conv=conv, centroid=centroid, ema_decay=ema_decay)
   # check_vma=False: the pmean above is the one explicit reduction (with VMA checking on, grad
   # of replicated parameters would already be summed over devices).
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()),
