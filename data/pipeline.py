@@ -7,8 +7,9 @@ Training (`train_dataset`): read this host's share of the split -> shuffle -> re
 example, jointly for the three frames: with `min_scale` < 1, a random downscale by a factor drawn
 uniformly from [min_scale, 1] (area filter; it shrinks the motion as much as the content, so that
 small-motion footage is better represented), then a random `crop_size` square crop, one of {identity,
-rot90, vertical flip, horizontal flip} with equal probability, then a temporal swap of x0 and x1
-with probability 1/2 -> batch -> prefetch. The crop comes first and is square, because rot90
+rot90, vertical flip, horizontal flip} with equal probability, optionally a synthetic rigid
+object moving across the crop (`synthetic_objects`: large motion whose answer is known exactly),
+then a temporal swap of x0 and x1 with probability 1/2 -> batch -> prefetch. The crop comes first and is square, because rot90
 swaps height and width.
 
 Determinism: every random choice is a stateless TF op (`tf.random.stateless_*`) whose seed is
@@ -130,8 +131,61 @@ def random_downscale(frames: tf.Tensor, seed, min_scale: float, min_size: int) -
   return tf.clip_by_value(resized, 0.0, 255.0)
 
 
-def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0) -> dict:
-  """Training augmentation of one example {"x0", "y", "x1"} (uint8 (H, W, 3)) -> model inputs."""
+# Synthetic moving objects: the largest displacement from the middle frame, in pixels (the 51-tap
+# kernels reach 25) and as a share of the crop side (so that the object fits at both ends).
+OBJECT_MAX_SHIFT, OBJECT_MAX_SHIFT_SHARE = 24, 0.2
+
+
+def paste_object(frames: tf.Tensor, center, radii, shift) -> tf.Tensor:
+  """Frames (3, S, S, C) float in [0, 1] with a rigid elliptical object moving over them at
+  constant velocity: centred at `center` (y, x) in the middle frame, at `center - shift` in x0 and
+  `center + shift` in x1 (`shift`: integer pixels (dy, dx); `radii`: (ry, rx)). Its texture is the
+  middle frame turned by 180 degrees, translated with it: so x0(p - shift) = y(p) = x1(p + shift)
+  inside the object. The edge is a 1-pixel ramp; the caller keeps the object inside the frame.
+  """
+  size = frames.shape[1]
+  texture = tf.reverse(frames[1], axis=[0, 1])
+  rows = tf.range(size, dtype=tf.float32)[:, None]
+  cols = tf.range(size, dtype=tf.float32)[None, :]
+  center, radii = tf.cast(center, tf.float32), tf.cast(radii, tf.float32)
+  shift = tf.cast(shift, tf.int32)
+  out = []
+  for index, t in enumerate((-1, 0, 1)):
+    cy = center[0] + t * tf.cast(shift[0], tf.float32)
+    cx = center[1] + t * tf.cast(shift[1], tf.float32)
+    distance = tf.sqrt(((rows - cy) / radii[0]) ** 2 + ((cols - cx) / radii[1]) ** 2)
+    mask = tf.clip_by_value((1.0 - distance) * tf.reduce_min(radii) + 0.5, 0.0, 1.0)[..., None]
+    layer = tf.roll(texture, shift=t * shift, axis=[0, 1])
+    out.append(mask * layer + (1.0 - mask) * frames[index])
+  return tf.stack(out)
+
+
+def random_object(seed, size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """(center, radii, shift) for `paste_object` in a size x size crop: a random ellipse (radii S/10
+  to S/4), direction and displacement from the middle frame (2 to min(24, S/5) px, rounded to
+  whole pixels per axis), placed so that it stays inside the crop at all three times."""
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  top = float(min(OBJECT_MAX_SHIFT, int(OBJECT_MAX_SHIFT_SHARE * size)))
+  magnitude = tf.random.stateless_uniform([], seeds[0], minval=2.0, maxval=max(top, 2.0))
+  angle = tf.random.stateless_uniform([], seeds[1], minval=0.0, maxval=6.283185307179586)
+  shift = tf.cast(tf.round(magnitude * tf.stack([tf.sin(angle), tf.cos(angle)])), tf.int32)
+  radii = tf.random.stateless_uniform([2], seeds[2], minval=size / 10, maxval=size / 4)
+  # The centre's range: the ellipse (and its edge ramp) inside the crop at both ends of the motion.
+  margin = radii + tf.abs(tf.cast(shift, tf.float32)) + 2.0
+  center = margin + tf.random.stateless_uniform([2], seeds[3]) * tf.maximum(size - 2 * margin, 0.0)
+  return center, radii, shift
+
+
+def random_moving_object(frames: tf.Tensor, seed) -> tf.Tensor:
+  """`paste_object` with the object of `random_object`."""
+  return paste_object(frames, *random_object(seed, frames.shape[1]))
+
+
+def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
+            synthetic_objects: float = 0.0) -> dict:
+  """Training augmentation of one example {"x0", "y", "x1"} (uint8 (H, W, 3)) -> model inputs;
+  with probability `synthetic_objects`, a rigid object moving by up to 24 px from the middle frame
+  is pasted over the crop (`random_moving_object`)."""
   seeds = tf.random.experimental.stateless_split(seed, 3)
   frames = stack_frames(example)
   if min_scale < 1.0:
@@ -141,6 +195,13 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0) -
     frames = random_downscale(frames, scale_seed, min_scale, crop_size) / 255.0
   frames = random_crop(frames, seeds[0], crop_size)
   frames = random_orientation(frames, seeds[1])
+  if synthetic_objects > 0.0:
+    object_seed = tf.random.experimental.stateless_fold_in(seed, 2)  # the other draws unchanged
+    draw_seed, object_seed = tf.unstack(tf.random.experimental.stateless_split(object_seed, 2))
+    if frames.dtype == tf.uint8:
+      frames = tf.cast(frames, tf.float32) / 255.0
+    paste = tf.random.stateless_uniform([], draw_seed) < synthetic_objects
+    frames = tf.cond(paste, lambda: random_moving_object(frames, object_seed), lambda: frames)
   frames = random_temporal_swap(frames, seeds[2])
   return unstack_frames(frames)
 
@@ -211,12 +272,16 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
                   shuffle_buffer: int = 1024, threads: int = 2, repeat: bool = True,
                   split: str = builder.TRAIN, config: str | None = None,
                   min_scale: float = 1.0, flows: bool = False,
-                  max_flow: float | None = None) -> tf.data.Dataset:
+                  max_flow: float | None = None,
+                  synthetic_objects: float = 0.0) -> tf.data.Dataset:
   """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`;
   with `flows`, also the optical flows of each crop (module docstring); with `max_flow`, from
-  the patches that move at most that much only (`read_split`)."""
+  the patches that move at most that much only (`read_split`); with `synthetic_objects`, that
+  share of the crops carries a pasted moving object (`augment`)."""
   if not 0.0 < min_scale <= 1.0:
     raise ValueError(f"{min_scale=} must be in (0, 1]")
+  if not 0.0 <= synthetic_objects <= 1.0:
+    raise ValueError(f"{synthetic_objects=} must be in [0, 1]")
   dataset = read_split(data_dir, split, process_index=process_index,
                        process_count=process_count, shuffle_files=True, seed=seed,
                        drop_remainder=True, config=config, max_flow=max_flow)
@@ -231,7 +296,7 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
     dataset = dataset.repeat()
   dataset = dataset.enumerate().map(
       lambda index, example: augment(example, element_seed(seed, process_index, index),
-                                     crop_size, min_scale),
+                                     crop_size, min_scale, synthetic_objects),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if flows:
     dataset = dataset.map(add_flows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

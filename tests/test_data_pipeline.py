@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 
 import numpy as np
 import pytest
@@ -53,13 +54,17 @@ SEEDS = [tf.constant([0, 0], tf.int64), tf.constant([7, 3], tf.int64),
     ("orientation", lambda e, s: pipeline.random_orientation(pipeline.stack_frames(e), s)),
     ("temporal_swap", lambda e, s: pipeline.random_temporal_swap(pipeline.stack_frames(e), s)),
     ("augment", lambda e, s: pipeline.augment(e, s, CROP)),
+    ("augment_objects", lambda e, s: pipeline.augment(e, s, CROP, synthetic_objects=0.5)),
 ])
 def test_each_augmentation_agrees_eager_and_in_tf_data(name, function):
   example = _coordinate_triplet()
   for seed in SEEDS:
     eager = _numpy(function(example, seed))
     graph = _numpy(_in_dataset(function, example, seed))
-    tf.nest.map_structure(np.testing.assert_array_equal, eager, graph)
+    # The same draws; the pasted object's blend may round differently once the graph is fused.
+    same = (functools.partial(np.testing.assert_allclose, rtol=0, atol=1e-6)
+            if name == "augment_objects" else np.testing.assert_array_equal)
+    tf.nest.map_structure(same, eager, graph)
   outputs = {_numpy(function(example, s)).__repr__() for s in SEEDS}
   assert len(outputs) > 1, f"{name}: the seed changes nothing"
 
@@ -204,3 +209,73 @@ def test_alternate_takes_batches_of_two_shapes_in_turn_and_resumes_by_skip():
                                ((2, 4, 4), 2), ((8, 2, 2), -2)]
   resumed = [(tuple(x.shape), int(x.numpy().flat[0])) for x in mixed.skip(3).take(3)]
   assert resumed == shapes_and_values[3:]
+
+
+def _textured_frames(size=64, seed=0):
+  """(3, size, size, 3) float32 noise in [0, 1], a different image per frame."""
+  return tf.constant(np.random.default_rng(seed).random((3, size, size, 3)), tf.float32)
+
+
+@pytest.mark.parametrize("shift", [(0, 11), (-7, 4), (12, -12)])
+def test_pasted_object_moves_rigidly_by_the_shift(shift):
+  frames = _textured_frames()
+  center, radii = (32.0, 30.0), (9.0, 14.0)
+  out = pipeline.paste_object(frames, center, radii, shift).numpy()
+  x0, y, x1 = out
+  rows, cols = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+  # Well inside the ellipse (past its edge ramp) in the middle frame.
+  core = ((rows - center[0]) / radii[0]) ** 2 + ((cols - center[1]) / radii[1]) ** 2 < 0.8 ** 2
+  dy, dx = shift
+  rr, cc = rows[core], cols[core]
+  np.testing.assert_allclose(y[rr, cc], frames.numpy()[1][::-1, ::-1][rr, cc], atol=1e-6)
+  np.testing.assert_allclose(x0[rr - dy, cc - dx], y[rr, cc], atol=1e-6)
+  np.testing.assert_allclose(x1[rr + dy, cc + dx], y[rr, cc], atol=1e-6)
+  # Far from the object at every time, each frame is untouched.
+  far = np.ones((64, 64), bool)
+  for t in (-1, 0, 1):
+    far &= (((rows - center[0] - t * dy) / (radii[0] + 2)) ** 2
+            + ((cols - center[1] - t * dx) / (radii[1] + 2)) ** 2) > 1
+  for index in range(3):
+    np.testing.assert_array_equal(out[index][far], frames.numpy()[index][far])
+
+
+def test_random_objects_stay_inside_the_crop_and_reach_large_motion():
+  """Every drawn ellipse (with its 1-px edge) lies inside the crop at all three times, moves at
+  most min(24, S/5) px per axis from the middle frame, and shifts over 16 px are drawn."""
+  for size in (128, 64, 32):
+    shifts = []
+    for i in range(60):
+      center, radii, shift = (t.numpy() for t in pipeline.random_object(
+          pipeline.element_seed(3, 0, i), size))
+      assert np.all(radii >= size / 10) and np.all(radii <= size / 4)
+      assert np.all(np.abs(shift) <= min(24, size // 5))
+      for t in (-1, 1):
+        assert np.all(center + t * shift - radii - 0.5 >= 0), (center, radii, shift)
+        assert np.all(center + t * shift + radii + 0.5 <= size - 1), (center, radii, shift)
+      shifts.append(np.linalg.norm(shift))
+    assert min(shifts) >= 1.0
+    if size == 128:
+      assert sum(s > 16 for s in shifts) >= 10, shifts
+  # And the pasted pixels are those of that object: a flat frame changes only inside it.
+  frames = tf.zeros((3, 64, 64, 3)) + 0.5
+  frames = tf.concat([frames[:1], tf.ones((1, 64, 64, 3)), frames[2:]], axis=0)
+  center, radii, shift = (t.numpy() for t in pipeline.random_object(tf.constant([1, 2]), 64))
+  out = pipeline.random_moving_object(frames, tf.constant([1, 2])).numpy()
+  rows, cols = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+  inside = (((rows - center[0] + shift[0]) / radii[0]) ** 2
+            + ((cols - center[1] + shift[1]) / radii[1]) ** 2) < 1
+  changed = out[0, ..., 0] > 0.5
+  assert inside.sum() > 0 and np.all(changed[inside]) and np.all(inside[changed & (out[0, ..., 0] > 0.99)])
+
+
+def test_synthetic_objects_probability_zero_is_plain_and_one_always_pastes():
+  example = _coordinate_triplet()
+  for seed in SEEDS[:4]:
+    plain = _numpy(pipeline.augment(example, seed, CROP))
+    zero = _numpy(pipeline.augment(example, seed, CROP, synthetic_objects=0.0))
+    always = _numpy(pipeline.augment(example, seed, CROP, synthetic_objects=1.0))
+    for key in plain:
+      np.testing.assert_array_equal(plain[key], zero[key])
+    assert any(not np.array_equal(plain[k], always[k]) for k in plain)
+  with pytest.raises(ValueError, match="synthetic_objects"):
+    pipeline.train_dataset("unused", synthetic_objects=1.5)

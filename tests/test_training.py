@@ -274,6 +274,18 @@ def test_max_flow_reaches_the_training_pipeline(data_dir):
     config.with_overrides(max_flow=-1.0)
 
 
+def test_synthetic_objects_reach_both_crop_sizes(data_dir):
+  config = tiny(data_dir, alternate_crop_size=32, batch_size=4, crop_size=32)
+  data = loop._open_data(config)
+  plain = list(loop._train_batches(config, data).take(2).as_numpy_iterator())
+  pasted = list(loop._train_batches(config.with_overrides(synthetic_objects=1.0), data)
+                .take(2).as_numpy_iterator())
+  for a, b in zip(plain, pasted, strict=True):  # a main batch, then an alternate one
+    assert a["y"].shape == b["y"].shape and not np.array_equal(a["y"], b["y"])
+  with pytest.raises(ValueError, match="synthetic_objects"):
+    config.with_overrides(synthetic_objects=2.0)
+
+
 def test_resume_is_bit_exact(data_dir, tmp_path):
   # With a warm-up spanning the resume point: the schedule's step count must be restored too.
   config = tiny(data_dir, steps_per_epoch=3, checkpoint_every=2, num_samples=0, warmup_steps=4)

@@ -80,6 +80,9 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
                  help="train only on patches whose mean motion between the two input frames "
                       "is at most PX pixels (the cache's DIS flow; the 51-tap kernels follow "
                       "at most 50; default: every patch)")
+  p.add_argument("--synthetic-objects", type=float, metavar="P",
+                 help="paste a rigid object moving 2-24 px from the middle frame over this share "
+                      "of the training crops (large motion with a known answer; default 0)")
   length = p.add_mutually_exclusive_group()
   length.add_argument("--epochs", type=positive(int))
   length.add_argument("--steps", type=positive(int), help="total steps (instead of --epochs)")
@@ -153,6 +156,7 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
         min_scale=args.min_scale, alternate_crop_size=args.alternate_crop_size,
         alternate_min_scale=args.alternate_min_scale, max_flow=args.max_flow,
+        synthetic_objects=args.synthetic_objects,
         warmup_steps=args.warmup_steps,
         decay_start=args.decay and args.decay[0], decay_end=args.decay and args.decay[1],
         final_learning_rate=args.final_lr,

@@ -69,6 +69,11 @@ class TrainConfig:
       K // 2 pixels from the middle frame, 2 * (K // 2) = 50 from x0 to x1 at K = 51: a patch
       moving farther cannot be followed, and its best L1 answer is a wide kernel, which is blur.
       None: every patch. (`steps_per_epoch`'s default still counts every patch.)
+    synthetic_objects: The share of training crops (both sizes with mixed crops) over which a
+      rigid elliptical object moving at constant velocity is pasted, 2 to 24 px from the middle
+      frame in a random direction (at most a fifth of the crop side), its texture the middle
+      frame's turned by 180 degrees (`sepconv_data.pipeline.random_moving_object`): large motion
+      within the kernels' reach whose answer, one sharp object, is known exactly. 0: off.
     epochs, steps: Length of the run. `steps` wins when set; otherwise `epochs` epochs of
       `steps_per_epoch` steps (by default the training split's size // batch_size).
     seed: Fixes the initialisation, the data order and augmentation, and the state's RNG.
@@ -119,6 +124,7 @@ class TrainConfig:
   alternate_crop_size: int | None = None
   alternate_min_scale: float = 1.0
   max_flow: float | None = None
+  synthetic_objects: float = 0.0
   epochs: int = 50
   steps: int | None = None
   steps_per_epoch: int | None = None
@@ -185,6 +191,8 @@ class TrainConfig:
                          f"many pixels")
     if self.max_flow is not None and not self.max_flow > 0:
       raise ValueError(f"max_flow must be positive (pixels) or None, got {self.max_flow}")
+    if not 0.0 <= self.synthetic_objects <= 1.0:
+      raise ValueError(f"synthetic_objects must be in [0, 1], got {self.synthetic_objects}")
     if self.num_samples < 0 or self.nu < 0 or self.full_validation < 0:
       raise ValueError("num_samples, full_validation and nu must not be negative")
     if self.centroid_weight < 0 or (self.centroid_steps is not None and self.centroid_steps < 1):

@@ -210,7 +210,8 @@ def _train_batches(config: TrainConfig, data: _Data):
   from sepconv_data import pipeline  # pylint: disable=import-outside-toplevel
   common = dict(process_index=jax.process_index(), process_count=jax.process_count(),
                 shuffle_buffer=config.shuffle_buffer, threads=config.data_threads,
-                flows=bool(config.centroid_weight), max_flow=config.max_flow)
+                flows=bool(config.centroid_weight), max_flow=config.max_flow,
+                synthetic_objects=config.synthetic_objects)
   dataset = pipeline.train_dataset(
       data.data_dir, batch_size=data.local_batch, crop_size=config.crop_size, seed=config.seed,
       min_scale=config.min_scale, **common)
