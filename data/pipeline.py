@@ -44,6 +44,7 @@ import tensorflow_datasets as tfds
 from . import builder, flow
 
 FRAMES = ("x0", "y", "x1")  # temporal order in the stacked (3, H, W, C) representation
+FLOW_KEYS = ("flow0", "valid0", "flow1", "valid1")  # `add_flows` and `object_flows`
 IDENTITY, ROT90, FLIP_UP_DOWN, FLIP_LEFT_RIGHT = range(4)
 _SEED_SALT = 0x5EC0  # keeps pipeline seeds apart from other users of the same integer seed
 
@@ -108,10 +109,14 @@ def random_orientation(frames: tf.Tensor, seed) -> tf.Tensor:
   return orient(frames, op)
 
 
+def _swap_draw(seed) -> tf.Tensor:
+  """Whether `random_temporal_swap` swaps for this seed (a boolean scalar)."""
+  return tf.random.stateless_uniform([], seed, minval=0, maxval=2, dtype=tf.int32) == 1
+
+
 def random_temporal_swap(frames: tf.Tensor, seed) -> tf.Tensor:
   """Swaps x0 and x1 with probability 1/2 (the middle frame stays)."""
-  swap = tf.random.stateless_uniform([], seed, minval=0, maxval=2, dtype=tf.int32)
-  order = tf.where(swap == 1, tf.constant([2, 1, 0]), tf.constant([0, 1, 2]))
+  order = tf.where(_swap_draw(seed), tf.constant([2, 1, 0]), tf.constant([0, 1, 2]))
   return tf.gather(frames, order)
 
 
@@ -136,25 +141,41 @@ def random_downscale(frames: tf.Tensor, seed, min_scale: float, min_size: int) -
 OBJECT_MAX_SHIFT, OBJECT_MAX_SHIFT_SHARE = 24, 0.2
 
 
+def object_mask(size: int, center, radii) -> tf.Tensor:
+  """(S, S) float32 coverage of the ellipse at `center` (y, x) with `radii` (ry, rx): 1 inside,
+  0 outside, a 1-pixel ramp at the edge."""
+  rows = tf.range(size, dtype=tf.float32)[:, None]
+  cols = tf.range(size, dtype=tf.float32)[None, :]
+  center, radii = tf.cast(center, tf.float32), tf.cast(radii, tf.float32)
+  distance = tf.sqrt(((rows - center[0]) / radii[0]) ** 2 + ((cols - center[1]) / radii[1]) ** 2)
+  return tf.clip_by_value((1.0 - distance) * tf.reduce_min(radii) + 0.5, 0.0, 1.0)
+
+
+def object_flows(size: int, center, radii, shift) -> tuple[tf.Tensor, ...]:
+  """The exact flows of `paste_object`'s object, in `sepconv_data.flow.middle_flows`' format:
+  (flow0, valid0, flow1, valid1), flow (S, S, 2) float32 (dx, dy) pixels from the middle frame
+  to x0 (-shift) and to x1 (+shift), valid (S, S) float32 1 where the middle frame shows only the
+  object (inside its edge ramp), 0 elsewhere (the background's flow is not known)."""
+  valid = tf.cast(object_mask(size, center, radii) >= 1.0, tf.float32)
+  motion = tf.cast(tf.stack([shift[1], shift[0]]), tf.float32) * valid[..., None]
+  return -motion, valid, motion, valid
+
+
 def paste_object(frames: tf.Tensor, center, radii, shift) -> tf.Tensor:
   """Frames (3, S, S, C) float in [0, 1] with a rigid elliptical object moving over them at
   constant velocity: centred at `center` (y, x) in the middle frame, at `center - shift` in x0 and
   `center + shift` in x1 (`shift`: integer pixels (dy, dx); `radii`: (ry, rx)). Its texture is the
   middle frame turned by 180 degrees, translated with it: so x0(p - shift) = y(p) = x1(p + shift)
-  inside the object. The edge is a 1-pixel ramp; the caller keeps the object inside the frame.
+  inside the object (`object_flows`). The edge is a 1-pixel ramp (`object_mask`); the caller
+  keeps the object inside the frame.
   """
   size = frames.shape[1]
   texture = tf.reverse(frames[1], axis=[0, 1])
-  rows = tf.range(size, dtype=tf.float32)[:, None]
-  cols = tf.range(size, dtype=tf.float32)[None, :]
-  center, radii = tf.cast(center, tf.float32), tf.cast(radii, tf.float32)
+  center = tf.cast(center, tf.float32)
   shift = tf.cast(shift, tf.int32)
   out = []
   for index, t in enumerate((-1, 0, 1)):
-    cy = center[0] + t * tf.cast(shift[0], tf.float32)
-    cx = center[1] + t * tf.cast(shift[1], tf.float32)
-    distance = tf.sqrt(((rows - cy) / radii[0]) ** 2 + ((cols - cx) / radii[1]) ** 2)
-    mask = tf.clip_by_value((1.0 - distance) * tf.reduce_min(radii) + 0.5, 0.0, 1.0)[..., None]
+    mask = object_mask(size, center + t * tf.cast(shift, tf.float32), radii)[..., None]
     layer = tf.roll(texture, shift=t * shift, axis=[0, 1])
     out.append(mask * layer + (1.0 - mask) * frames[index])
   return tf.stack(out)
@@ -182,10 +203,11 @@ def random_moving_object(frames: tf.Tensor, seed) -> tf.Tensor:
 
 
 def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
-            synthetic_objects: float = 0.0) -> dict:
+            synthetic_objects: float = 0.0, with_object_flows: bool = False) -> dict:
   """Training augmentation of one example {"x0", "y", "x1"} (uint8 (H, W, 3)) -> model inputs;
   with probability `synthetic_objects`, a rigid object moving by up to 24 px from the middle frame
-  is pasted over the crop (`random_moving_object`)."""
+  is pasted over the crop (`random_moving_object`), and `with_object_flows` adds its exact flows
+  (`object_flows`, after the temporal swap; valid nowhere in a crop without an object)."""
   seeds = tf.random.experimental.stateless_split(seed, 3)
   frames = stack_frames(example)
   if min_scale < 1.0:
@@ -195,18 +217,33 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
     frames = random_downscale(frames, scale_seed, min_scale, crop_size) / 255.0
   frames = random_crop(frames, seeds[0], crop_size)
   frames = random_orientation(frames, seeds[1])
+  flows = None
   if synthetic_objects > 0.0:
     object_seed = tf.random.experimental.stateless_fold_in(seed, 2)  # the other draws unchanged
     draw_seed, object_seed = tf.unstack(tf.random.experimental.stateless_split(object_seed, 2))
     if frames.dtype == tf.uint8:
       frames = tf.cast(frames, tf.float32) / 255.0
     paste = tf.random.stateless_uniform([], draw_seed) < synthetic_objects
-    frames = tf.cond(paste, lambda: random_moving_object(frames, object_seed), lambda: frames)
-  frames = random_temporal_swap(frames, seeds[2])
-  return unstack_frames(frames)
+    size = frames.shape[1]
 
+    def pasted():
+      placed = random_object(object_seed, size)
+      return paste_object(frames, *placed), object_flows(size, *placed)
 
-FLOW_KEYS = ("flow0", "valid0", "flow1", "valid1")
+    def plain():
+      none = tf.zeros([size, size, 2]), tf.zeros([size, size])
+      return frames, none + none
+
+    frames, flows = tf.cond(paste, pasted, plain)
+  out = unstack_frames(random_temporal_swap(frames, seeds[2]))
+  if with_object_flows:
+    if flows is None:
+      raise ValueError("object flows need synthetic_objects > 0")
+    # The swap exchanges x0 and x1, so their flows too.
+    swapped = tf.cond(_swap_draw(seeds[2]), lambda: flows[2:] + flows[:2], lambda: tuple(flows))
+    out.update(zip(FLOW_KEYS, swapped))
+  return out
+
 
 
 def add_flows(example: dict) -> dict:
@@ -272,16 +309,19 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
                   shuffle_buffer: int = 1024, threads: int = 2, repeat: bool = True,
                   split: str = builder.TRAIN, config: str | None = None,
                   min_scale: float = 1.0, flows: bool = False,
-                  max_flow: float | None = None,
-                  synthetic_objects: float = 0.0) -> tf.data.Dataset:
+                  max_flow: float | None = None, synthetic_objects: float = 0.0,
+                  object_flows_only: bool = False) -> tf.data.Dataset:
   """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`;
-  with `flows`, also the optical flows of each crop (module docstring); with `max_flow`, from
-  the patches that move at most that much only (`read_split`); with `synthetic_objects`, that
-  share of the crops carries a pasted moving object (`augment`)."""
+  with `flows`, also the optical flows of each crop (module docstring), or with
+  `object_flows_only` instead the exact flows of the pasted objects only (`augment`); with
+  `max_flow`, from the patches that move at most that much only (`read_split`); with
+  `synthetic_objects`, that share of the crops carries a pasted moving object (`augment`)."""
   if not 0.0 < min_scale <= 1.0:
     raise ValueError(f"{min_scale=} must be in (0, 1]")
   if not 0.0 <= synthetic_objects <= 1.0:
     raise ValueError(f"{synthetic_objects=} must be in [0, 1]")
+  if flows and object_flows_only and not synthetic_objects:
+    raise ValueError("object_flows_only needs synthetic_objects > 0 (the objects' flows)")
   dataset = read_split(data_dir, split, process_index=process_index,
                        process_count=process_count, shuffle_files=True, seed=seed,
                        drop_remainder=True, config=config, max_flow=max_flow)
@@ -296,9 +336,10 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
     dataset = dataset.repeat()
   dataset = dataset.enumerate().map(
       lambda index, example: augment(example, element_seed(seed, process_index, index),
-                                     crop_size, min_scale, synthetic_objects),
+                                     crop_size, min_scale, synthetic_objects,
+                                     flows and object_flows_only),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if flows:
+  if flows and not object_flows_only:
     dataset = dataset.map(add_flows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options(threads))

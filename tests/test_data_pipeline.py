@@ -279,3 +279,30 @@ def test_synthetic_objects_probability_zero_is_plain_and_one_always_pastes():
     assert any(not np.array_equal(plain[k], always[k]) for k in plain)
   with pytest.raises(ValueError, match="synthetic_objects"):
     pipeline.train_dataset("unused", synthetic_objects=1.5)
+
+
+def test_object_flows_are_exact_through_orientation_and_temporal_swap():
+  """Where the flows are valid, x0(p + flow0(p)) = y(p) = x1(p + flow1(p)) exactly, whichever
+  orientation and swap the seed drew; without an object (or off the object) nothing is valid."""
+  rng = np.random.default_rng(1)
+  example = {k: rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for k in pipeline.FRAMES}
+  swaps = set()
+  for i, seed in enumerate(SEEDS):
+    out = _numpy(pipeline.augment(example, seed, CROP, synthetic_objects=1.0,
+                                  with_object_flows=True))
+    swaps.add(bool(pipeline._swap_draw(tf.random.experimental.stateless_split(seed, 3)[2])))
+    for key in ("0", "1"):
+      valid = out["valid" + key] > 0
+      assert valid.sum() > 10, i
+      rows, cols = np.nonzero(valid)
+      flow = out["flow" + key][rows, cols]
+      np.testing.assert_array_equal(flow, np.round(flow))
+      source = out["x" + key][rows + flow[:, 1].astype(int), cols + flow[:, 0].astype(int)]
+      np.testing.assert_allclose(source, out["y"][rows, cols], atol=1e-6)
+    np.testing.assert_array_equal(out["flow0"], -out["flow1"])
+  assert swaps == {False, True}
+  plain = _numpy(pipeline.augment(example, SEEDS[0], CROP, synthetic_objects=1e-9,
+                                  with_object_flows=True))
+  assert not plain["valid0"].any() and not plain["valid1"].any()
+  with pytest.raises(ValueError, match="synthetic_objects"):
+    pipeline.augment(example, SEEDS[0], CROP, with_object_flows=True)

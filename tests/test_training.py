@@ -245,6 +245,15 @@ def test_flow_guided_training_adds_the_centroid_term(data_dir, tmp_path):
   assert "train/centroid_loss" in _event_tags(tmp_path / "w" / "tensorboard")
   with pytest.raises(ValueError, match="centroid"):
     config.with_overrides(centroid_weight=-1.0)
+  # The exact flows of synthetic objects as the targets instead of DIS.
+  objects = config.with_overrides(synthetic_objects=1.0, centroid_flows="objects")
+  result = loop.train(objects, tmp_path / "objects", progress=False)
+  assert result.step == 3 and all(np.isfinite(loss) for _, loss in result.history)
+  assert "train/centroid_loss" in _event_tags(tmp_path / "objects" / "tensorboard")
+  with pytest.raises(ValueError, match="synthetic_objects"):
+    config.with_overrides(centroid_flows="objects")
+  with pytest.raises(ValueError, match="centroid_flows"):
+    config.with_overrides(centroid_flows="farneback")
 
 
 def test_alternate_crops_train_every_second_step_on_the_other_size(tmp_path):

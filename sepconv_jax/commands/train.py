@@ -108,6 +108,9 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
                  help="validate, rank and save an exponential moving average of the parameters "
                       "(each step: D x average + (1 - D) x parameters; 0.999 spans about 1,000 "
                       "steps); the raw parameters are kept for --resume (default: off)")
+  p.add_argument("--centroid-flows", choices=("dis", "objects"),
+                 help="what --centroid-weight pulls the kernels to: dis (optical flow on every "
+                      "crop, the default) or objects (the exact motion of --synthetic-objects)")
   p.add_argument("--seed", type=int)
   p.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
                  help="the convolutions' compute precision: bfloat16 operands with float32 "
@@ -165,7 +168,8 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         log_every=args.log_every, seed=args.seed, validation_batches=args.validation_batches,
         num_samples=args.samples, full_validation=args.full_validation,
         full_validation_gap=args.full_validation_gap, centroid_weight=args.centroid_weight,
-        centroid_steps=args.centroid_steps, ema_decay=args.ema_decay,
+        centroid_steps=args.centroid_steps, centroid_flows=args.centroid_flows,
+        ema_decay=args.ema_decay,
         precision=None if args.precision in (None, "auto") else args.precision)
     if args.epochs is not None:  # --epochs given: the config's step count must not win
       config = dataclasses.replace(config, steps=None)

@@ -40,6 +40,9 @@ from sepconv_jax.training.losses import LOSSES
 from sepconv_jax.network.model import SepConvConfig
 
 
+CENTROID_FLOWS = ("dis", "objects")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Everything that defines a training run.
@@ -95,6 +98,9 @@ class TrainConfig:
       `sepconv_jax.training.losses.kernel_centroid_loss` (kernel centroids against the optical flow from
       the true middle frame, computed per crop by the data pipeline), falling linearly to 0 at
       step `centroid_steps` (None: constant). 0: off.
+    centroid_flows: The flows that loss pulls towards: "dis" (OpenCV's DIS on every crop, where
+      it passes its forward-backward check) or "objects" (only the synthetic objects' pixels,
+      whose flow is exact: `sepconv_data.pipeline.object_flows`; needs `synthetic_objects`).
     ema_decay: Polyak averaging: keep an exponential moving average of the parameters, updated
       after every step as `ema_decay * average + (1 - ema_decay) * parameters` from the run's
       initial parameters (so at 0.999 it spans about the last 1,000 steps, and early on it is a
@@ -142,6 +148,7 @@ class TrainConfig:
   data_threads: int = 2
   centroid_weight: float = 0.0
   centroid_steps: int | None = None
+  centroid_flows: str = "dis"
   ema_decay: float | None = None
   precision: str | None = None
 
@@ -198,6 +205,12 @@ class TrainConfig:
     if self.centroid_weight < 0 or (self.centroid_steps is not None and self.centroid_steps < 1):
       raise ValueError(f"centroid_weight must not be negative and centroid_steps must be "
                        f"positive, got {self.centroid_weight} and {self.centroid_steps}")
+    if self.centroid_flows not in CENTROID_FLOWS:
+      raise ValueError(f"centroid_flows must be one of {CENTROID_FLOWS}, got "
+                       f"{self.centroid_flows!r}")
+    if self.centroid_flows == "objects" and self.centroid_weight and not self.synthetic_objects:
+      raise ValueError("centroid_flows 'objects' needs synthetic_objects > 0 (the objects' "
+                       "flows are the targets)")
     if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
       raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
     if self.full_validation_gap < 1:

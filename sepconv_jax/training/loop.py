@@ -211,7 +211,8 @@ def _train_batches(config: TrainConfig, data: _Data):
   common = dict(process_index=jax.process_index(), process_count=jax.process_count(),
                 shuffle_buffer=config.shuffle_buffer, threads=config.data_threads,
                 flows=bool(config.centroid_weight), max_flow=config.max_flow,
-                synthetic_objects=config.synthetic_objects)
+                synthetic_objects=config.synthetic_objects,
+                object_flows_only=config.centroid_flows == "objects")
   dataset = pipeline.train_dataset(
       data.data_dir, batch_size=data.local_batch, crop_size=config.crop_size, seed=config.seed,
       min_scale=config.min_scale, **common)
