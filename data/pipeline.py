@@ -9,8 +9,8 @@ uniformly from [min_scale, 1] (area filter; it shrinks the motion as much as the
 small-motion footage is better represented), then a random `crop_size` square crop, one of {identity,
 rot90, vertical flip, horizontal flip} with equal probability, optionally a synthetic rigid
 object moving across the crop (`synthetic_objects`: large motion whose answer is known exactly),
-then a temporal swap of x0 and x1 with probability 1/2 -> batch -> prefetch. The crop comes first and is square, because rot90
-swaps height and width.
+then a temporal swap of x0 and x1 with probability 1/2 -> batch -> prefetch. The crop comes
+first and is square, because rot90 swaps height and width.
 
 Determinism: every random choice is a stateless TF op (`tf.random.stateless_*`) whose seed is
 derived from (seed, process_index, position of the example in this host's stream) with
