@@ -27,7 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # pylint: disable=wrong-import-position
-from sepconv_jax.evaluation.kernels import centroid_and_spread
+from sepconv_jax.evaluation.kernels import kernel_sums
 from sepconv_jax.inference import media
 from sepconv_jax.inference.interpolator import Interpolator
 
@@ -36,20 +36,11 @@ SEED = 77
 BUCKETS = ((0.0, 8.0, "<=8px"), (8.0, 16.0, "8-16px"), (16.0, np.inf, ">16px"))
 
 
-def centroids(vertical: np.ndarray, horizontal: np.ndarray) -> np.ndarray:
-  """(..., H, W, 2) kernel centroids (dx, dy) in pixels."""
-  return np.stack([centroid_and_spread(horizontal)[0], centroid_and_spread(vertical)[0]], -1)
-
-
-def followed(maps, targets, region) -> float:
-  """The share of `targets` ((flow to frame 0, flow to frame 1), each (H, W, 2) or (2,)) that the
-  kernel centroids follow over `region` (H, W), both frames together."""
-  dot = norm = 0.0
-  for (vertical, horizontal), target in zip(((maps[0], maps[1]), (maps[2], maps[3])), targets):
-    target = np.broadcast_to(target, region.shape + (2,))[region]
-    dot += float((centroids(vertical, horizontal)[region] * target).sum())
-    norm += float((target ** 2).sum())
-  return dot / max(norm, 1e-12)
+def followed(maps, flow0: np.ndarray, flow1: np.ndarray, region: np.ndarray) -> float:
+  """The share of the flows ((H, W, 2) to frame 0 and to frame 1) that the kernel centroids
+  follow over `region` (H, W), both frames and every motion bucket of `kernel_sums` together."""
+  sums = kernel_sums(maps, flow0, region, flow1, region).values()
+  return sum(b["dot"] for b in sums) / max(sum(b["flow_squared"] for b in sums), 1e-12)
 
 
 def suv(interpolator: Interpolator) -> str:
@@ -58,7 +49,7 @@ def suv(interpolator: Interpolator) -> str:
   second = media.read_image(ROOT / "samples" / "street_1.png")
   motion = flow.dis_flow(first, second)
   region = np.linalg.norm(motion, axis=-1) > SUV_FLOW_PX
-  share = followed(interpolator.kernel_maps(first, second), (-motion / 2, motion / 2), region)
+  share = followed(interpolator.kernel_maps(first, second), -motion / 2, motion / 2, region)
   half = float(np.linalg.norm(motion[region], axis=-1).mean() / 2)
   return (f"street SUV ({int(region.sum())} px moving {2 * half:.1f} px, {half:.1f} from the "
           f"middle): followed {share:.2f}")
@@ -83,8 +74,9 @@ def objects(interpolator: Interpolator, data: str, count: int, size: int) -> lis
   rows = {name: [] for *_, name in BUCKETS}
   for index, (center, radii, shift) in enumerate(placements):
     core = pipeline.object_mask(size, center, radii).numpy() >= 1.0
-    motion = np.array([shift[1], shift[0]], np.float64)  # (dx, dy) from the middle frame to x1
-    share = followed([m[index] for m in maps], (-motion, motion), core)
+    # (dx, dy) from the middle frame to x1, everywhere (only the object's core is scored).
+    motion = np.broadcast_to(np.array([shift[1], shift[0]], np.float64), (size, size, 2))
+    share = followed([m[index] for m in maps], -motion, motion, core)
     error = float(((prediction[index][core] - y[index][core]) ** 2).mean())
     psnr = 10 * np.log10(1.0 / max(error, 1e-10))
     name = next(n for low, high, n in BUCKETS if low < np.hypot(*shift) <= high)
