@@ -27,6 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # pylint: disable=wrong-import-position
+from sepconv_jax.evaluation import scoring
 from sepconv_jax.evaluation.kernels import kernel_sums
 from sepconv_jax.inference import media
 from sepconv_jax.inference.interpolator import Interpolator
@@ -70,15 +71,14 @@ def objects(interpolator: Interpolator, data: str, count: int, size: int) -> lis
   frames = np.stack(frames)
   x0, y, x1 = frames[:, 0], frames[:, 1], frames[:, 2]
   maps = interpolator.kernel_maps(x0, x1)
-  prediction = np.asarray(interpolator(x0, x1), np.float32)
+  prediction = np.asarray(interpolator(x0, x1))
   rows = {name: [] for *_, name in BUCKETS}
   for index, (center, radii, shift) in enumerate(placements):
     core = pipeline.object_mask(size, center, radii).numpy() >= 1.0
     # (dx, dy) from the middle frame to x1, everywhere (only the object's core is scored).
     motion = np.broadcast_to(np.array([shift[1], shift[0]], np.float64), (size, size, 2))
     share = followed([m[index] for m in maps], -motion, motion, core)
-    error = float(((prediction[index][core] - y[index][core]) ** 2).mean())
-    psnr = 10 * np.log10(1.0 / max(error, 1e-10))
+    psnr = scoring.psnr_masked(prediction[index], y[index], core) or scoring.MAX_PSNR
     name = next(n for low, high, n in BUCKETS if low < np.hypot(*shift) <= high)
     rows[name].append((share, psnr))
   lines = [f"synthetic objects on {len(frames)} held-out {size}x{size} crops of {data}:",
@@ -104,7 +104,11 @@ def main(argv=None) -> int:
   print(f"model: {args.model or 'default'}")
   print(suv(interpolator))
   if args.data != "none":
-    print("\n".join(objects(interpolator, args.data, args.crops, args.crop)))
+    from sepconv_data.builder import CacheError  # pylint: disable=import-outside-toplevel
+    try:
+      print("\n".join(objects(interpolator, args.data, args.crops, args.crop)))
+    except CacheError as error:
+      raise SystemExit(f"error: {error}") from None
   return 0
 
 
