@@ -7,10 +7,13 @@ Training (`train_dataset`): read this host's share of the split -> shuffle -> re
 example, jointly for the three frames: with `min_scale` < 1, a random downscale by a factor drawn
 uniformly from [min_scale, 1] (area filter; it shrinks the motion as much as the content, so that
 small-motion footage is better represented), then a random `crop_size` square crop, one of {identity,
-rot90, vertical flip, horizontal flip} with equal probability, optionally a synthetic rigid
-object moving across the crop (`synthetic_objects`: large motion whose answer is known exactly),
-then a temporal swap of x0 and x1 with probability 1/2 -> batch -> prefetch. The crop comes
-first and is square, because rot90 swaps height and width.
+rot90, vertical flip, horizontal flip} with equal probability (or, with `all_orientations`, one
+of the square's eight rotations and reflections), optionally a synthetic rigid object moving
+across the crop (`synthetic_objects`: large motion whose answer is known exactly), then a
+temporal swap of x0 and x1 with probability 1/2, optionally the RGB channels in a random order
+(`channel_permutation`: one of the six, the same for the three frames) -> batch -> prefetch. The
+crop comes first and is square, because rot90 swaps height and width. The two options are off by
+default, so a seed gives the same stream as before they existed.
 
 Determinism: every random choice is a stateless TF op (`tf.random.stateless_*`) whose seed is
 derived from (seed, process_index, position of the example in this host's stream) with
@@ -100,13 +103,44 @@ def orient(frames: tf.Tensor, op) -> tf.Tensor:
   ])
 
 
+def _check_square(frames: tf.Tensor) -> None:
+  if frames.shape[1] is not None and frames.shape[1] != frames.shape[2]:
+    raise ValueError(f"random orientations need square frames (rot90 swaps H and W), got "
+                     f"{frames.shape}: crop first")
+
+
 def random_orientation(frames: tf.Tensor, seed) -> tf.Tensor:
   """One of the four orientations with probability 1/4 each; frames must be square."""
-  if frames.shape[1] is not None and frames.shape[1] != frames.shape[2]:
-    raise ValueError(f"random_orientation needs square frames (rot90 swaps H and W), got "
-                     f"{frames.shape}: crop first")
+  _check_square(frames)
   op = tf.random.stateless_uniform([], seed, minval=0, maxval=4, dtype=tf.int32)
   return orient(frames, op)
+
+
+def dihedral(frames: tf.Tensor, op) -> tf.Tensor:
+  """The square's symmetry `op` in 0..7 applied to every frame: rot90 (counter-clockwise) `op % 4`
+  times, then for `op` >= 4 a horizontal flip."""
+  op = tf.cast(op, tf.int32)
+  turned = tf.image.rot90(frames, k=op % 4)
+  return tf.cond(op >= 4, lambda: tf.reverse(turned, axis=[2]), lambda: turned)
+
+
+def random_dihedral(frames: tf.Tensor, seed) -> tf.Tensor:
+  """One of the eight rotations and reflections with probability 1/8 each; frames square."""
+  _check_square(frames)
+  op = tf.random.stateless_uniform([], seed, minval=0, maxval=8, dtype=tf.int32)
+  return dihedral(frames, op)
+
+
+CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def random_channel_order(frames: tf.Tensor, seed) -> tf.Tensor:
+  """Frames (..., 3) with their channels in one of the six orders (probability 1/6 each), the
+  same for every frame: motion does not depend on colour, so this is new colour statistics for
+  free (RIFE's training reverses the channel order at random)."""
+  choice = tf.random.stateless_uniform([], seed, minval=0, maxval=len(CHANNEL_ORDERS),
+                                       dtype=tf.int32)
+  return tf.gather(frames, tf.gather(tf.constant(CHANNEL_ORDERS), choice), axis=-1)
 
 
 def _swap_draw(seed) -> tf.Tensor:
@@ -203,11 +237,14 @@ def random_moving_object(frames: tf.Tensor, seed) -> tf.Tensor:
 
 
 def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
-            synthetic_objects: float = 0.0, with_object_flows: bool = False) -> dict:
+            synthetic_objects: float = 0.0, with_object_flows: bool = False,
+            all_orientations: bool = False, channel_permutation: bool = False) -> dict:
   """Training augmentation of one example {"x0", "y", "x1"} (uint8 (H, W, 3)) -> model inputs;
   with probability `synthetic_objects`, a rigid object moving by up to 24 px from the middle frame
   is pasted over the crop (`random_moving_object`), and `with_object_flows` adds its exact flows
-  (`object_flows`, after the temporal swap; valid nowhere in a crop without an object)."""
+  (`object_flows`, after the temporal swap; valid nowhere in a crop without an object).
+  `all_orientations` draws from the eight symmetries of the square instead of four
+  (`random_dihedral`); `channel_permutation` shuffles the RGB channels (`random_channel_order`)."""
   seeds = tf.random.experimental.stateless_split(seed, 3)
   frames = stack_frames(example)
   if min_scale < 1.0:
@@ -216,7 +253,7 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
     scale_seed = tf.random.experimental.stateless_fold_in(seed, 1)
     frames = random_downscale(frames, scale_seed, min_scale, crop_size) / 255.0
   frames = random_crop(frames, seeds[0], crop_size)
-  frames = random_orientation(frames, seeds[1])
+  frames = (random_dihedral if all_orientations else random_orientation)(frames, seeds[1])
   flows = None
   if synthetic_objects > 0.0:
     object_seed = tf.random.experimental.stateless_fold_in(seed, 2)  # the other draws unchanged
@@ -235,7 +272,10 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
       return frames, none + none
 
     frames, flows = tf.cond(paste, pasted, plain)
-  out = unstack_frames(random_temporal_swap(frames, seeds[2]))
+  frames = random_temporal_swap(frames, seeds[2])
+  if channel_permutation:  # its own folded-in seed: the other draws stay as without it
+    frames = random_channel_order(frames, tf.random.experimental.stateless_fold_in(seed, 3))
+  out = unstack_frames(frames)
   if with_object_flows:
     if flows is None:
       raise ValueError("object flows need synthetic_objects > 0")
@@ -310,12 +350,14 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
                   split: str = builder.TRAIN, config: str | None = None,
                   min_scale: float = 1.0, flows: bool = False,
                   max_flow: float | None = None, synthetic_objects: float = 0.0,
-                  object_flows_only: bool = False) -> tf.data.Dataset:
+                  object_flows_only: bool = False, all_orientations: bool = False,
+                  channel_permutation: bool = False) -> tf.data.Dataset:
   """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`;
   with `flows`, also the optical flows of each crop (module docstring), or with
   `object_flows_only` instead the exact flows of the pasted objects only (`augment`); with
   `max_flow`, from the patches that move at most that much only (`read_split`); with
-  `synthetic_objects`, that share of the crops carries a pasted moving object (`augment`)."""
+  `synthetic_objects`, that share of the crops carries a pasted moving object, and
+  `all_orientations` and `channel_permutation` add symmetries and colour orders (`augment`)."""
   if not 0.0 < min_scale <= 1.0:
     raise ValueError(f"{min_scale=} must be in (0, 1]")
   if not 0.0 <= synthetic_objects <= 1.0:
@@ -337,7 +379,8 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
   dataset = dataset.enumerate().map(
       lambda index, example: augment(example, element_seed(seed, process_index, index),
                                      crop_size, min_scale, synthetic_objects,
-                                     flows and object_flows_only),
+                                     flows and object_flows_only, all_orientations,
+                                     channel_permutation),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if flows and not object_flows_only:
     dataset = dataset.map(add_flows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

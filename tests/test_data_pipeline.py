@@ -55,6 +55,10 @@ SEEDS = [tf.constant([0, 0], tf.int64), tf.constant([7, 3], tf.int64),
     ("temporal_swap", lambda e, s: pipeline.random_temporal_swap(pipeline.stack_frames(e), s)),
     ("augment", lambda e, s: pipeline.augment(e, s, CROP)),
     ("augment_objects", lambda e, s: pipeline.augment(e, s, CROP, synthetic_objects=0.5)),
+    ("dihedral", lambda e, s: pipeline.random_dihedral(pipeline.stack_frames(e), s)),
+    ("channel_order", lambda e, s: pipeline.random_channel_order(pipeline.stack_frames(e), s)),
+    ("augment_more", lambda e, s: pipeline.augment(e, s, CROP, all_orientations=True,
+                                                   channel_permutation=True)),
 ])
 def test_each_augmentation_agrees_eager_and_in_tf_data(name, function):
   example = _coordinate_triplet()
@@ -79,18 +83,44 @@ def test_orientations_are_the_documented_ones():
     np.testing.assert_array_equal(pipeline.orient(frames, op).numpy(), want)
 
 
+def test_dihedral_is_the_eight_symmetries_of_the_square():
+  frames = pipeline.stack_frames(_coordinate_triplet())
+  reference = frames.numpy()
+  outputs = []
+  for op in range(8):
+    want = np.rot90(reference, op % 4, axes=(1, 2))
+    want = want[:, :, ::-1] if op >= 4 else want
+    got = pipeline.dihedral(frames, op).numpy()
+    np.testing.assert_array_equal(got, want)
+    outputs.append(got.tobytes())
+  assert len(set(outputs)) == 8
+  with pytest.raises(ValueError, match="square"):
+    pipeline.random_dihedral(tf.zeros([3, 32, 40, 3], tf.uint8), SEEDS[0])
+
+
 def _decode(batch):
   """From augmented coordinate frames (float in [0, 1]): rows, cols and frame ids per output."""
   return {k: np.rint(v.numpy() * 255).astype(int) for k, v in batch.items()}
 
 
-def test_augment_keeps_the_triplet_aligned_and_covers_every_choice():
+def _orientations(window, all_orientations):
+  """The windows each orientation of `augment` makes of `window` (rows, cols, 2), by name."""
+  if not all_orientations:
+    return {"identity": window, "rot90": np.rot90(window, 1, axes=(0, 1)),
+            "flip_ud": window[::-1], "flip_lr": window[:, ::-1]}
+  turned = {f"rot{90 * k}": np.rot90(window, k, axes=(0, 1)) for k in range(4)}
+  return {**turned, **{f"{name}_flip_lr": w[:, ::-1] for name, w in turned.items()}}
+
+
+@pytest.mark.parametrize("all_orientations", [False, True])
+def test_augment_keeps_the_triplet_aligned_and_covers_every_choice(all_orientations):
   """Every output pixel must come from the same source pixel in all three frames, through one
-  crop and one of the four orientations; y must stay the middle frame."""
+  crop and one of the four (or eight) orientations; y must stay the middle frame."""
   example = _coordinate_triplet()
   seen = collections.Counter()
   for i in range(200):
-    out = _decode(pipeline.augment(example, pipeline.element_seed(0, 0, i), CROP))
+    out = _decode(pipeline.augment(example, pipeline.element_seed(0, 0, i), CROP,
+                                   all_orientations=all_orientations))
     rows, cols = out["y"][..., 0], out["y"][..., 1]
     for key in ("x0", "x1"):  # same source pixel in every frame
       np.testing.assert_array_equal(out[key][..., :2], out["y"][..., :2])
@@ -99,23 +129,43 @@ def test_augment_keeps_the_triplet_aligned_and_covers_every_choice():
     assert {first, last} == {1, 21} and np.all(out["x0"][..., 2] == first)
     swapped = first == 21
     # A contiguous crop: the source rows and columns form a CROP x CROP window in one of the
-    # four orientations.
+    # orientations.
     top, left = rows.min(), cols.min()
     assert rows.max() - top == CROP - 1 and cols.max() - left == CROP - 1
     window = np.stack(np.meshgrid(np.arange(top, top + CROP), np.arange(left, left + CROP),
                                   indexing="ij"), axis=-1)
     got = np.stack([rows, cols], axis=-1)
-    orientations = {"identity": window, "rot90": np.rot90(window, 1, axes=(0, 1)),
-                    "flip_ud": window[::-1], "flip_lr": window[:, ::-1]}
+    orientations = _orientations(window, all_orientations)
     matches = [n for n, w in orientations.items() if np.array_equal(got, w)]
     assert len(matches) == 1
     seen[matches[0]] += 1
     seen["swapped" if swapped else "in_order"] += 1
     seen[("top", int(top))] += 1
-  for name in ("identity", "rot90", "flip_ud", "flip_lr"):
-    assert 25 <= seen[name] <= 75, seen  # 1/4 each of 200 (binomial sd about 6)
+  share = 200 // len(orientations)  # 1/4 or 1/8 each of 200 (binomial sd about 6 or 5)
+  for name in orientations:
+    assert share // 2 <= seen[name] <= share * 3 // 2 + 5, seen
   assert 70 <= seen["swapped"] <= 130, seen
   assert len([k for k in seen if isinstance(k, tuple)]) > 4  # crops really move
+
+
+def test_channel_permutation_is_one_order_for_the_three_frames_and_changes_nothing_else():
+  """Channels c of x0, y, x1 hold 10 * c + frame index: each output frame holds the same order
+  of the three (all six orders occur), and undoing it gives the stream without the option."""
+  frames = [np.stack([np.full((SIZE, SIZE), 10 * c + t) for c in range(3)], -1).astype(np.uint8)
+            for t in range(3)]
+  example = dict(zip(pipeline.FRAMES, frames))
+  orders = collections.Counter()
+  for i in range(120):
+    seed = pipeline.element_seed(2, 0, i)
+    out = _decode(pipeline.augment(example, seed, CROP, channel_permutation=True))
+    plain = _decode(pipeline.augment(example, seed, CROP))
+    order = tuple(out["y"][0, 0] // 10)
+    assert sorted(order) == [0, 1, 2]
+    for key in pipeline.FRAMES:
+      assert np.all(out[key] // 10 == np.array(order))  # one order, every pixel, every frame
+      np.testing.assert_array_equal(out[key][..., np.argsort(order)], plain[key])
+    orders[order] += 1
+  assert set(orders) == set(pipeline.CHANNEL_ORDERS) and min(orders.values()) >= 8, orders
 
 
 def _centroid(frame):

@@ -295,6 +295,17 @@ def test_synthetic_objects_reach_both_crop_sizes(data_dir):
     config.with_overrides(synthetic_objects=2.0)
 
 
+def test_more_augmentation_reaches_both_crop_sizes(data_dir):
+  config = tiny(data_dir, alternate_crop_size=32, batch_size=4, crop_size=32)
+  data = loop._open_data(config)
+  plain = list(loop._train_batches(config, data).take(2).as_numpy_iterator())
+  for option in ("all_orientations", "channel_permutation"):
+    more = list(loop._train_batches(config.with_overrides(**{option: True}), data)
+                .take(2).as_numpy_iterator())
+    for a, b in zip(plain, more, strict=True):  # a main batch, then an alternate one
+      assert a["y"].shape == b["y"].shape and not np.array_equal(a["y"], b["y"]), option
+
+
 def test_resume_is_bit_exact(data_dir, tmp_path):
   # With a warm-up spanning the resume point: the schedule's step count must be restored too.
   config = tiny(data_dir, steps_per_epoch=3, checkpoint_every=2, num_samples=0, warmup_steps=4)

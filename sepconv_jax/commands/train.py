@@ -83,6 +83,12 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
   p.add_argument("--synthetic-objects", type=float, metavar="P",
                  help="paste a rigid object moving 2-24 px from the middle frame over this share "
                       "of the training crops (large motion with a known answer; default 0)")
+  p.add_argument("--all-orientations", action="store_true",
+                 help="turn or mirror each crop by one of the square's eight symmetries "
+                      "(default: one of four: as is, rot90, the two flips)")
+  p.add_argument("--channel-permutation", action="store_true",
+                 help="put each crop's RGB channels in a random order (one of six, the same "
+                      "for its three frames)")
   length = p.add_mutually_exclusive_group()
   length.add_argument("--epochs", type=positive(int))
   length.add_argument("--steps", type=positive(int), help="total steps (instead of --epochs)")
@@ -160,6 +166,8 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         min_scale=args.min_scale, alternate_crop_size=args.alternate_crop_size,
         alternate_min_scale=args.alternate_min_scale, max_flow=args.max_flow,
         synthetic_objects=args.synthetic_objects,
+        all_orientations=args.all_orientations or None,
+        channel_permutation=args.channel_permutation or None,
         warmup_steps=args.warmup_steps,
         decay_start=args.decay and args.decay[0], decay_end=args.decay and args.decay[1],
         final_learning_rate=args.final_lr,

@@ -77,6 +77,11 @@ class TrainConfig:
       frame in a random direction (at most a fifth of the crop side), its texture the middle
       frame's turned by 180 degrees (`sepconv_data.pipeline.random_moving_object`): large motion
       within the kernels' reach whose answer, one sharp object, is known exactly. 0: off.
+    all_orientations, channel_permutation: More label-preserving augmentation: each crop turned
+      or mirrored by one of the square's eight symmetries instead of the default four (identity,
+      rot90, the two flips), and its RGB channels put in one of their six orders, the same for
+      the three frames (`sepconv_data.pipeline.augment`). Off: the data stream is the one a seed
+      gave before these options existed.
     epochs, steps: Length of the run. `steps` wins when set; otherwise `epochs` epochs of
       `steps_per_epoch` steps (by default the training split's size // batch_size).
     seed: Fixes the initialisation, the data order and augmentation, and the state's RNG.
@@ -131,6 +136,8 @@ class TrainConfig:
   alternate_min_scale: float = 1.0
   max_flow: float | None = None
   synthetic_objects: float = 0.0
+  all_orientations: bool = False
+  channel_permutation: bool = False
   epochs: int = 50
   steps: int | None = None
   steps_per_epoch: int | None = None

@@ -79,12 +79,8 @@ _SCHEDULE_FIELDS = ("learning_rate", "warmup_steps", "decay_start", "decay_end",
 log = logging.getLogger(__name__)
 
 
-log = logging.getLogger(__name__)
-
-
 # ------------------------------------------------------------------------------------------------
 # Checkpoints
-
 
 
 def checkpoint_manager(directory: str | os.PathLike, keep: int = 3, *, read_only: bool = False):
@@ -212,6 +208,8 @@ def _train_batches(config: TrainConfig, data: _Data):
                 shuffle_buffer=config.shuffle_buffer, threads=config.data_threads,
                 flows=bool(config.centroid_weight), max_flow=config.max_flow,
                 synthetic_objects=config.synthetic_objects,
+                all_orientations=config.all_orientations,
+                channel_permutation=config.channel_permutation,
                 object_flows_only=config.centroid_flows == "objects")
   dataset = pipeline.train_dataset(
       data.data_dir, batch_size=data.local_batch, crop_size=config.crop_size, seed=config.seed,
