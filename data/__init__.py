@@ -5,7 +5,8 @@ Modules, in the order the data flows:
               decode their frames (RGB uint8).
   `extract`   consecutive triplets -> jump-cut rejection -> motion-weighted 150x150 patches.
   `flow`      OpenCV DIS optical flow: patch motion, the consistency-checked flows to the middle
-              frame that guide the kernels, motion buckets of the full-frame validation.
+              frame that guide the kernels, motion buckets of the full-frame validation, and the
+              pre-alignment of input frames (also used at inference: it needs only OpenCV).
   `builder`   the `sepconv_triplets` TFDS builder that caches those patches, split by sequence.
   `prepare`   the command `sepconv prepare --source DIR --out DIR`.
   `pipeline`  tf.data pipelines over the cache: `train_dataset`, `validation_dataset`.

@@ -1,4 +1,5 @@
-"""Classical optical flow (OpenCV's DIS) for data preparation, evaluation and flow-guided training.
+"""Classical optical flow (OpenCV's DIS) for data preparation, evaluation, flow-guided training
+and pre-alignment (warping both input frames part of the way to the middle).
 
 Conventions: frames are RGB uint8 (H, W, 3); a flow field is float32 (H, W, 2) in pixels,
 `flow[y, x] = (dx, dy)`: the pixel (x, y) of the first frame is seen at (x + dx, y + dy) in the
@@ -71,3 +72,41 @@ def middle_flows(x0: np.ndarray, y: np.ndarray, x1: np.ndarray
     forward, backward = dis_flow(y, other), dis_flow(other, y)
     out += [forward.astype(np.float32), consistent(forward, backward).astype(np.float32)]
   return tuple(out)
+
+
+def estimated_middle_flows(first: np.ndarray, second: np.ndarray, *, downscale: int = 1
+                           ) -> tuple[np.ndarray, np.ndarray]:
+  """(F_t0, F_t1): the flows from the (unseen) middle frame to `first` and to `second`, estimated
+  from the DIS flows between the two (RGB uint8 (H, W, 3)) for t = 1/2, the Super SloMo
+  approximation (Jiang et al. 2018, eq. 4): F_t0 = -t(1-t) F_01 + t^2 F_10, F_t1 = (1-t)^2 F_01 -
+  t(1-t) F_10. With `downscale`, computed at that fraction of the resolution and resized back.
+  Float32 (H, W, 2), module conventions."""
+  height, width = first.shape[:2]
+
+  def full_size(flow):
+    if flow.shape[:2] == (height, width):
+      return flow
+    return cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)
+
+  f01 = full_size(dis_flow(first, second, downscale=downscale))
+  f10 = full_size(dis_flow(second, first, downscale=downscale))
+  return 0.25 * (f10 - f01), 0.25 * (f01 - f10)
+
+
+def warp(frame: np.ndarray, flow: np.ndarray) -> np.ndarray:
+  """Backward warp: out[y, x] = frame[y + dy, x + dx], bilinear, edges replicated."""
+  height, width = frame.shape[:2]
+  grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32),
+                               np.arange(height, dtype=np.float32))
+  return cv2.remap(np.ascontiguousarray(frame), grid_x + flow[..., 0], grid_y + flow[..., 1],
+                   cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def align_to_middle(first: np.ndarray, second: np.ndarray, strength: float, *,
+                    downscale: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """Both frames (H, W, 3), float32 in [0, 1] RGB, warped `strength` of the way to the middle
+  along `estimated_middle_flows` (the flow from their uint8 rounding): the motion left between
+  them is `1 - strength` of the original."""
+  to_uint8 = lambda frame: np.clip(np.rint(frame * 255.0), 0, 255).astype(np.uint8)
+  flow0, flow1 = estimated_middle_flows(to_uint8(first), to_uint8(second), downscale=downscale)
+  return warp(first, strength * flow0), warp(second, strength * flow1)

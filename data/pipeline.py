@@ -236,15 +236,30 @@ def random_moving_object(frames: tf.Tensor, seed) -> tf.Tensor:
   return paste_object(frames, *random_object(seed, frames.shape[1]))
 
 
+def prealign_frames(frames: tf.Tensor, strength: float) -> tf.Tensor:
+  """(3, H, W, C) frames (uint8, or float32 in [0, 1]) with x0 and x1 warped `strength` of the way
+  to the middle along the DIS flow between them (`flow.align_to_middle`, as the `Interpolator`'s
+  pre-alignment does to whole frames), float32 in [0, 1]; y untouched."""
+  if frames.dtype == tf.uint8:
+    frames = tf.cast(frames, tf.float32) / 255.0
+  aligned = tf.numpy_function(lambda a, b: flow.align_to_middle(a, b, strength),
+                              [frames[0], frames[2]], [tf.float32, tf.float32], stateful=False)
+  aligned = [tf.ensure_shape(a, frames.shape[1:]) for a in aligned]
+  return tf.stack([aligned[0], frames[1], aligned[1]])
+
+
 def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
             synthetic_objects: float = 0.0, with_object_flows: bool = False,
-            all_orientations: bool = False, channel_permutation: bool = False) -> dict:
+            all_orientations: bool = False, channel_permutation: bool = False,
+            prealign: float = 0.0) -> dict:
   """Training augmentation of one example {"x0", "y", "x1"} (uint8 (H, W, 3)) -> model inputs;
   with probability `synthetic_objects`, a rigid object moving by up to 24 px from the middle frame
   is pasted over the crop (`random_moving_object`), and `with_object_flows` adds its exact flows
   (`object_flows`, after the temporal swap; valid nowhere in a crop without an object).
   `all_orientations` draws from the eight symmetries of the square instead of four
-  (`random_dihedral`); `channel_permutation` shuffles the RGB channels (`random_channel_order`)."""
+  (`random_dihedral`); `channel_permutation` shuffles the RGB channels (`random_channel_order`).
+  `prealign` > 0 pre-aligns x0 and x1 by that strength (`prealign_frames`) after the downscale and
+  before the crop, so that the flow sees the whole patch."""
   seeds = tf.random.experimental.stateless_split(seed, 3)
   frames = stack_frames(example)
   if min_scale < 1.0:
@@ -252,6 +267,8 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
     # Resized frames are float32 in [0, 255]; unstack_frames divides by 255 only for uint8.
     scale_seed = tf.random.experimental.stateless_fold_in(seed, 1)
     frames = random_downscale(frames, scale_seed, min_scale, crop_size) / 255.0
+  if prealign > 0.0:
+    frames = prealign_frames(frames, prealign)
   frames = random_crop(frames, seeds[0], crop_size)
   frames = (random_dihedral if all_orientations else random_orientation)(frames, seeds[1])
   flows = None
@@ -351,17 +368,20 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
                   min_scale: float = 1.0, flows: bool = False,
                   max_flow: float | None = None, synthetic_objects: float = 0.0,
                   object_flows_only: bool = False, all_orientations: bool = False,
-                  channel_permutation: bool = False) -> tf.data.Dataset:
+                  channel_permutation: bool = False, prealign: float = 0.0) -> tf.data.Dataset:
   """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`;
   with `flows`, also the optical flows of each crop (module docstring), or with
   `object_flows_only` instead the exact flows of the pasted objects only (`augment`); with
   `max_flow`, from the patches that move at most that much only (`read_split`); with
   `synthetic_objects`, that share of the crops carries a pasted moving object, and
-  `all_orientations` and `channel_permutation` add symmetries and colour orders (`augment`)."""
+  `all_orientations` and `channel_permutation` add symmetries and colour orders, and `prealign`
+  pre-aligns the input frames (`augment`)."""
   if not 0.0 < min_scale <= 1.0:
     raise ValueError(f"{min_scale=} must be in (0, 1]")
   if not 0.0 <= synthetic_objects <= 1.0:
     raise ValueError(f"{synthetic_objects=} must be in [0, 1]")
+  if not 0.0 <= prealign <= 1.0:
+    raise ValueError(f"{prealign=} must be in [0, 1]")
   if flows and object_flows_only and not synthetic_objects:
     raise ValueError("object_flows_only needs synthetic_objects > 0 (the objects' flows)")
   dataset = read_split(data_dir, split, process_index=process_index,
@@ -380,7 +400,7 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
       lambda index, example: augment(example, element_seed(seed, process_index, index),
                                      crop_size, min_scale, synthetic_objects,
                                      flows and object_flows_only, all_orientations,
-                                     channel_permutation),
+                                     channel_permutation, prealign),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if flows and not object_flows_only:
     dataset = dataset.map(add_flows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -399,9 +419,10 @@ def alternate(*datasets: tf.data.Dataset) -> tf.data.Dataset:
 def validation_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16,
                        crop_size: int | None = None, process_index: int = 0,
                        process_count: int = 1, threads: int = 2, drop_remainder: bool = False,
-                       split: str = builder.VALIDATION, config: str | None = None
-                       ) -> tf.data.Dataset:
-  """Validation batches: no augmentation, fixed order, the full patch or its centre crop.
+                       split: str = builder.VALIDATION, config: str | None = None,
+                       prealign: float = 0.0) -> tf.data.Dataset:
+  """Validation batches: no augmentation, fixed order, the full patch or its centre crop (with
+  `prealign`, of the pre-aligned patch, as in `augment`).
 
   With several hosts each reads an even share; `drop_remainder=False` keeps every example (hosts
   may then see one batch more or less, and the last batch may be smaller).
@@ -414,6 +435,8 @@ def validation_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16,
 
   def prepare(example):
     frames = stack_frames(example)
+    if prealign > 0.0:
+      frames = prealign_frames(frames, prealign)
     if crop_size is not None:
       frames = center_crop(frames, crop_size)
     return unstack_frames(frames)

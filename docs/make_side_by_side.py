@@ -1,7 +1,7 @@
 """Builds the README's side-by-side figure: frame averaging vs. the model on sample pairs.
 
   python docs/make_side_by_side.py                      # default model -> docs/side_by_side.jpg
-  python docs/make_side_by_side.py --model CHECKPOINT --out figure.jpg
+  python docs/make_side_by_side.py --model CHECKPOINT --out figure.jpg [--align S]
 
 Each row is one pair: first frame | average of the two | the model's middle frame | second frame,
 then the same four cropped around the spot where the model and averaging differ most, enlarged
@@ -27,7 +27,7 @@ from sepconv_jax.inference.interpolator import Interpolator  # pylint: disable=w
 SHARED_PAIRS = ROOT.parent / "shared" / "data" / "sample_pairs"
 PANEL_HEIGHT = 256  # every panel is scaled to this height
 ZOOM = 2
-LABELS = ("first frame", "average", "SepConv (default model)", "second frame")
+LABELS = ("first frame", "average", "SepConv", "second frame")
 
 
 def pairs() -> list[tuple[str, pathlib.Path, pathlib.Path]]:
@@ -55,7 +55,7 @@ def _fit(image: np.ndarray) -> np.ndarray:
                     interpolation=cv2.INTER_AREA)
 
 
-def row(name: str, images: list[np.ndarray]) -> np.ndarray:
+def row(name: str, images: list[np.ndarray], labels: tuple[str, ...] = LABELS) -> np.ndarray:
   """Two strips (full frames, then the 2x crops) for [first, average, model, second] (RGB uint8)."""
   average, model = images[1].astype(np.float32), images[2].astype(np.float32)
   difference = cv2.blur(np.abs(model - average).sum(axis=-1), (31, 31))
@@ -66,7 +66,7 @@ def row(name: str, images: list[np.ndarray]) -> np.ndarray:
   left = int(np.clip(x - crop_w // 2, 0, width - crop_w))
   scale = PANEL_HEIGHT / height
   full, crops = [], []
-  for i, (image, label) in enumerate(zip(images, LABELS)):
+  for i, (image, label) in enumerate(zip(images, labels)):
     panel = _label(_fit(image), f"{name}: {label}" if i == 0 else label)
     cv2.rectangle(panel, (round(left * scale), round(top * scale)),
                   (round((left + crop_w) * scale), round((top + crop_h) * scale)), (255, 64, 64), 1)
@@ -81,14 +81,19 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", help="checkpoint directory (default: the default model)")
   parser.add_argument("--out", default=str(ROOT / "docs" / "side_by_side.jpg"))
+  parser.add_argument("--align", type=float,
+                      help="pre-alignment strength (default: the model's own, see the README)")
   args = parser.parse_args(argv)
-  interpolator = (Interpolator.from_checkpoint(args.model) if args.model
-                  else Interpolator.default())
+  interpolator = (Interpolator.from_checkpoint(args.model, align=args.align) if args.model
+                  else Interpolator.default(align=args.align))
+  model = "default model" if args.model is None else pathlib.Path(args.model).name
+  model += f", pre-aligned {interpolator.align:g}" if interpolator.align else ""
+  labels = (*LABELS[:2], f"{LABELS[2]} ({model})", LABELS[3])
   rows = []
   for name, first_path, second_path in pairs():
     first, second = media.read_image(first_path), media.read_image(second_path)
     average = np.round((first.astype(np.float32) + second) / 2).astype(np.uint8)
-    rows.append(row(name, [first, average, interpolator(first, second), second]))
+    rows.append(row(name, [first, average, interpolator(first, second), second], labels))
   width = max(r.shape[1] for r in rows)
   figure = np.concatenate([np.pad(r, ((0, 8), (0, width - r.shape[1]), (0, 0)),
                                   constant_values=255) for r in rows], axis=0)

@@ -97,7 +97,7 @@ FORBIDDEN = {
     "sepconv_jax/evaluation": ("sepconv_jax.training", "sepconv_jax.commands"),
     "sepconv_jax/training": ("sepconv_jax.commands",),
 }
-INFERENCE_MAY_USE_FROM_DATA = ("sepconv_data.cuts", "sepconv_data.files")
+INFERENCE_MAY_USE_FROM_DATA = ("sepconv_data.cuts", "sepconv_data.files", "sepconv_data.flow")
 
 
 def test_subpackages_import_only_the_floors_below_them():

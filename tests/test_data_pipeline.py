@@ -356,3 +356,36 @@ def test_object_flows_are_exact_through_orientation_and_temporal_swap():
   assert not plain["valid0"].any() and not plain["valid1"].any()
   with pytest.raises(ValueError, match="synthetic_objects"):
     pipeline.augment(example, SEEDS[0], CROP, with_object_flows=True)
+
+
+def _street_triplet(size=96, shift=6):
+  """A crop of the shipped street photo panning `shift` px per frame to the right (DIS needs
+  real texture): x0, y, x1 uint8."""
+  import pathlib  # pylint: disable=import-outside-toplevel
+  import cv2  # pylint: disable=import-outside-toplevel
+  street = pathlib.Path(__file__).resolve().parents[1] / "samples" / "street_0.png"
+  image = cv2.cvtColor(cv2.imread(str(street)), cv2.COLOR_BGR2RGB)
+  frames = [image[100:100 + size, 200 - t * shift:200 - t * shift + size] for t in (-1, 0, 1)]
+  return dict(zip(pipeline.FRAMES, frames))
+
+
+def test_prealign_leaves_that_share_of_the_motion_and_the_draws_unchanged():
+  example = _street_triplet()
+  seed = pipeline.element_seed(1, 0, 0)
+  plain = _numpy(pipeline.augment(example, seed, 64))
+  errors = {}
+  for strength in (0.5, 1.0):
+    aligned = _numpy(pipeline.augment(example, seed, 64, prealign=strength))
+    # The same crop, orientation and swap: y is untouched.
+    np.testing.assert_allclose(aligned["y"], plain["y"], atol=1e-6)
+    errors[strength] = [np.abs(aligned[k] - aligned["y"]).mean() for k in ("x0", "x1")]
+    assert aligned["x0"].dtype == np.float32 and 0 <= aligned["x0"].min() <= aligned["x0"].max() <= 1
+  plain_errors = [np.abs(plain[k] - plain["y"]).mean() for k in ("x0", "x1")]
+  # Fully aligned frames are close to the middle frame; half-aligned ones in between.
+  for e_plain, e_half, e_full in zip(plain_errors, errors[0.5], errors[1.0]):
+    assert e_full < 0.3 * e_plain and e_full < e_half < e_plain, (e_plain, e_half, e_full)
+  # In tf.data as eagerly.
+  in_dataset = _numpy(_in_dataset(lambda e, s: pipeline.augment(e, s, 64, prealign=0.5),
+                                  example, seed))
+  np.testing.assert_allclose(in_dataset["x0"], _numpy(pipeline.augment(
+      example, seed, 64, prealign=0.5))["x0"], atol=1e-6)

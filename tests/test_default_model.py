@@ -49,6 +49,18 @@ def test_the_default_model_follows_motion_that_averaging_ghosts(default_interpol
   assert scoring.psnr(prediction, middle) > scoring.psnr(average, middle) + 1.0
 
 
+def test_the_default_model_recommends_pre_alignment_and_it_helps(default_interpolator):
+  """The default model runs with half the motion pre-aligned (its metadata says so), which beats
+  the network alone on a real image moving 3 px per frame (31.9 against 30.4 dB measured)."""
+  assert default_interpolator.align == 0.5
+  image = media.read_image(STREET)
+  crop = lambda offset: image[64:192, 100 + offset:228 + offset]
+  first, middle, second = crop(0), crop(3), crop(6)
+  alone = Interpolator.default(align=0.0)(first, second)
+  aligned = default_interpolator(first, second)
+  assert scoring.psnr(aligned, middle) > scoring.psnr(alone, middle) + 0.5
+
+
 def test_readme_first_command_interpolates_the_shipped_pair(tmp_path):
   out = tmp_path / "middle.png"
   sepconv = pathlib.Path(sys.executable).parent / "sepconv"  # the installed console script

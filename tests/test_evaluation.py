@@ -368,6 +368,7 @@ def _error_lines(capsys) -> list[str]:
     (["--dataset", "ucf101", "--root", "{tmp}", "--baseline", "average", "--ensemble"],
      "--ensemble"),
     (["--dataset", "ucf101", "--root", "{tmp}", "--baseline", "average", "--gap", "2"], "--gap"),
+    (["--dataset", "ucf101", "--root", "{tmp}", "--align", "-1"], "--align"),
     (["--dataset", "davis", "--root", "{tmp}", "--baseline", "average", "--gap", "0"], "--gap"),
     (["--dataset", "davis", "--root", "{tmp}", "--baseline", "average", "--precision",
       "bfloat16"], "--precision"),

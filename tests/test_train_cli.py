@@ -60,7 +60,8 @@ def test_tiny_run_end_to_end(tmp_path):
               "--steps", 2, "--min-scale", 0.9, "--warmup-steps", 2,
               "--decay", "2:4", "--final-lr", 1e-4, "--precision", "bfloat16",
               "--full-validation", 1, "--full-validation-gap", 2, "--ema-decay", 0.9,
-              "--all-orientations", "--channel-permutation", "--no-progress")
+              "--all-orientations", "--channel-permutation", "--prealign", 0.5,
+              "--no-progress")
   assert done.returncode == 0, done.stderr[-2000:]
   assert "trained to step 2" in done.stdout
   assert "step 1/2: loss" in done.stdout  # without a bar: one plain line per log interval
@@ -70,6 +71,7 @@ def test_tiny_run_end_to_end(tmp_path):
   assert metadata["info"]["train_config"]["ema_decay"] == 0.9
   assert metadata["info"]["train_config"]["all_orientations"] is True
   assert metadata["info"]["train_config"]["channel_permutation"] is True
+  assert metadata["info"]["train_config"]["prealign"] == 0.5
   assert "full_psnr" in metadata["info"]["validation"]
   # Errors found after start-up are one line too: existing checkpoints without --resume, and a
   # folder without a prepared cache.

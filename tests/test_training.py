@@ -304,6 +304,14 @@ def test_more_augmentation_reaches_both_crop_sizes(data_dir):
                 .take(2).as_numpy_iterator())
     for a, b in zip(plain, more, strict=True):  # a main batch, then an alternate one
       assert a["y"].shape == b["y"].shape and not np.array_equal(a["y"], b["y"]), option
+  # Pre-alignment changes the input frames only, of both kinds of batch.
+  aligned = list(loop._train_batches(config.with_overrides(prealign=1.0), data)
+                 .take(2).as_numpy_iterator())
+  for a, b in zip(plain, aligned, strict=True):
+    np.testing.assert_allclose(a["y"], b["y"], atol=1e-6)
+    assert not np.allclose(a["x0"], b["x0"], atol=1e-3)
+  with pytest.raises(ValueError, match="prealign"):
+    config.with_overrides(prealign=1.5)
 
 
 def test_resume_is_bit_exact(data_dir, tmp_path):

@@ -21,7 +21,7 @@ import pathlib
 import sys
 from typing import Sequence
 
-from sepconv_jax.commands import add_version_argument
+from sepconv_jax.commands import add_align_argument, add_version_argument
 from sepconv_jax.evaluation import datasets, runner, scoring
 from sepconv_jax.inference import media
 from sepconv_jax.network.checkpoint import CheckpointError
@@ -48,7 +48,8 @@ metrics: PSNR over RGB uint8 frames (rounded), data range 255; SSIM as scikit-im
   true middle frame passes a forward-backward check: "followed", the share of that motion the
   kernels' centroids follow (1 fully, 0 not at all, as averaging); "error", the mean distance from
   centroid to flow; "spread", the kernels' mean width (wide kernels on moving objects are blur), in
-  pixels. Defined in sepconv_jax.evaluation.kernels.
+  pixels. Defined in sepconv_jax.evaluation.kernels. The kernels are the network's on the pair as
+  given, without --align's pre-alignment.
 """
 
 
@@ -80,6 +81,7 @@ def build_parser(prog: str = "sepconv benchmark") -> argparse.ArgumentParser:
   parser.add_argument("--ensemble", action="store_true",
                       help="average each prediction with the one from the reversed pair (twice "
                            "the work)")
+  add_align_argument(parser)
   parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                       help="the network's compute precision (default: auto, the backend's "
                            "default; see sepconv interpolate --help)")
@@ -165,7 +167,8 @@ def _predictor(args):
   from pallas_kernels.allocator import keep_freed_memory  # pylint: disable=import-outside-toplevel
   keep_freed_memory()  # every frame reuses the previous frame's buffers
   interpolator = pipelines.load_interpolator(args.model, padding=args.padding,
-                                             ensemble=args.ensemble, precision=args.precision)
+                                             ensemble=args.ensemble, align=args.align,
+                                             precision=args.precision)
   return interpolator, os.fspath(args.model) if args.model else "default"
 
 
@@ -201,7 +204,8 @@ def run(args) -> int:
   print(f"{args.dataset} ({os.fspath(args.root)}), model {model_name}"
         + ("" if args.baseline else f", padding {args.padding}, network: "
                                     f"{predict.describe_compute()}")
-        + (", ensemble (forward and reversed pair)" if args.ensemble else ""))
+        + (", ensemble (forward and reversed pair)" if args.ensemble else "")
+        + ("" if args.baseline else predict.describe_alignment()))
   print(f"PSNR: RGB uint8, data range 255. {scoring.SSIM_LABEL}."
         + (f" {scoring.SSIM_GAUSSIAN_LABEL}." if gaussian else "")
         + (" PSNR-mask: inside the motion masks (their black pixels)." if masked else "")
@@ -215,6 +219,7 @@ def run(args) -> int:
   if not args.baseline:
     info["padding"] = args.padding
     info["ensemble"] = args.ensemble
+    info["align"] = predict.align
     info["precision"] = predict.precision
   report = runner.evaluate(triplets, predict, dataset=args.dataset, model=model_name,
                                gaussian_ssim=gaussian, limit=args.limit, on_item=table.item,
@@ -252,6 +257,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv benchmark") -> 
       raise _UsageError("--precision applies to a model, not to --baseline")
     if args.kernels and args.baseline:
       raise _UsageError("--kernels applies to a model, not to --baseline")
+    if args.align is not None and args.baseline:
+      raise _UsageError("--align applies to a model, not to --baseline")
   except _UsageError as error:
     print(f"error: {error} (see --help)", file=sys.stderr)
     return 2

@@ -14,7 +14,8 @@ import argparse
 import os
 import sys
 
-from sepconv_jax.commands import OneLineParser, add_version_argument, at_least
+from sepconv_jax.commands import (OneLineParser, add_align_argument, add_version_argument,
+                                  at_least)
 
 # Mirror sepconv_jax.inference.interpolator.FACTORS and .scene.DEFAULT_THRESHOLD, so that --help
 # and usage errors answer at once, before jax is imported.
@@ -46,6 +47,10 @@ scene cuts: where the two frames' colour histograms differ by more than --scene-
   variation distance of 8x8x8-bin RGB histograms, 0..1), the in-between frames repeat the first
   frame instead of morphing; 1 turns the test off.
 model: without --model, the project's default model (sepconv_jax/weights/default).
+alignment: --align S warps both frames S of the way to the middle along OpenCV's DIS optical flow
+  (no weights) before the network, which then follows the rest of the motion. auto (the default)
+  is the model's own: 0.5 for the default model, S for one trained with --prealign S, 0 (the
+  network alone) for any other; the closing line says which ran.
 precision: the network's convolutions in float32, or in bfloat16 (bfloat16 operands, float32
   accumulation; the weights and everything else stay float32) on the CPU's bfloat16 units through
   oneDNN. auto picks bfloat16 on CPUs where it is measured faster (AMX, AMD's AVX512-BF16), float32
@@ -90,6 +95,7 @@ def build_parser(prog: str = "sepconv interpolate") -> argparse.ArgumentParser:
   parser.add_argument("--ensemble", action="store_true",
                       help="also interpolate each pair in reverse time order and average the "
                            "two results: twice the work, slightly sharper and cleaner")
+  add_align_argument(parser)
   parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                       help="the network's compute precision (default: auto, see below)")
   parser.add_argument("--scene-threshold", type=_threshold, default=DEFAULT_SCENE_THRESHOLD,

@@ -89,6 +89,10 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
   p.add_argument("--channel-permutation", action="store_true",
                  help="put each crop's RGB channels in a random order (one of six, the same "
                       "for its three frames)")
+  p.add_argument("--prealign", type=float, metavar="S",
+                 help="warp the input frames of every crop and full validation frame S of the "
+                      "way to the middle along their optical flow (OpenCV DIS), to train a model "
+                      "for sepconv interpolate --align S (0 to 1; default 0: off)")
   length = p.add_mutually_exclusive_group()
   length.add_argument("--epochs", type=positive(int))
   length.add_argument("--steps", type=positive(int), help="total steps (instead of --epochs)")
@@ -167,7 +171,7 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         alternate_min_scale=args.alternate_min_scale, max_flow=args.max_flow,
         synthetic_objects=args.synthetic_objects,
         all_orientations=args.all_orientations or None,
-        channel_permutation=args.channel_permutation or None,
+        channel_permutation=args.channel_permutation or None, prealign=args.prealign,
         warmup_steps=args.warmup_steps,
         decay_start=args.decay and args.decay[0], decay_end=args.decay and args.decay[1],
         final_learning_rate=args.final_lr,

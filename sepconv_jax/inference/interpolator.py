@@ -17,6 +17,12 @@ Conventions of the arrays a user passes in and gets back (the network's own conv
 Ensemble Optional (`ensemble=True`): the network also runs on the pair in reverse time order and
            the two middle frames are averaged, twice the work for a cleaner result (self-ensembling,
            as in SepConv++).
+Alignment Optional (`align=S`, S in (0, 1]): before the network, both frames are warped S of the
+           way to the middle along OpenCV's DIS optical flow, so the network has less motion to
+           follow (`sepconv_jax.inference.alignment`; about 0.1 s a 854x480 pair on the CPU).
+           0 runs the network alone, as published. A checkpoint recommends its own strength
+           (`recommended_align`: the default model 0.5, which scores higher, BENCHMARKS.md), which
+           `from_checkpoint` and `default` use unless told otherwise.
 Precision The network's convolutions run in `precision` ("float32", or "bfloat16": bfloat16
            operands with float32 accumulation, on the CPU's bfloat16 units through oneDNN); None
            picks the backend's default (`pallas_kernels.conv.default_precision`). The weights and
@@ -37,7 +43,8 @@ import numpy as np
 from flax import nnx
 
 from pallas_kernels.conv import describe as describe_conv, xla_compiler_options
-from sepconv_jax.network.checkpoint import load_model
+from sepconv_jax.inference.alignment import prealign
+from sepconv_jax.network.checkpoint import load_model, recommended_align
 from sepconv_jax.network.model import ConvOptions, KernelMaps, SepConvNet
 from sepconv_jax.network.padding import DEFAULT_POLICY, POLICIES, run_padded
 
@@ -103,7 +110,7 @@ class Interpolator:
                padding: str = DEFAULT_POLICY,
                max_untiled_pixels: int | None = DEFAULT_MAX_UNTILED_PIXELS,
                tiles: TileSettings = TileSettings(), ensemble: bool = False,
-               precision: str | None = None, conv_impl: str | None = None,
+               align: float = 0.0, precision: str | None = None, conv_impl: str | None = None,
                compiler_options: dict[str, str] | None = None):
     """
     Args:
@@ -114,6 +121,8 @@ class Interpolator:
       tiles: Tile size and overlap for large frames.
       ensemble: Average the middle frames of (first, second) and (second, first): twice the
         work, about 0.1 dB more PSNR on UCF101 with the default model (BENCHMARKS.md).
+      align: Pre-alignment strength in [0, 1] (module docstring); 0 runs the network alone.
+        (`from_checkpoint` and `default` pass the checkpoint's recommendation.)
       precision: The convolutions' compute precision, "float32" or "bfloat16"; None for the
         backend's default (see the module docstring).
       conv_impl: The convolutions' implementation, "onednn" or "xla"; None for the backend's
@@ -131,6 +140,9 @@ class Interpolator:
     self.max_untiled_pixels = max_untiled_pixels
     self.tiles = tiles
     self.ensemble = ensemble
+    if not 0.0 <= align <= 1.0:
+      raise ValueError(f"align={align} must be in [0, 1]")
+    self.align = float(align)
     # Forward only: never differentiated, so layers may hand each other bfloat16 operands.
     self.conv = ConvOptions(precision, conv_impl, forward_only=True).resolved()
     graphdef, state = nnx.split(model)
@@ -159,16 +171,25 @@ class Interpolator:
     """One line on how the network runs, e.g. "oneDNN 3.2.0 (avx512_core_bf16), bfloat16"."""
     return describe_conv(impl=self.conv.impl, precision=self.conv.precision)
 
+  def describe_alignment(self) -> str:
+    """", pre-aligned 0.5 of the way (DIS flow)" for the summaries, or "" without pre-alignment."""
+    return f", pre-aligned {self.align:g} of the way (DIS flow)" if self.align else ""
+
   @classmethod
   def from_checkpoint(cls, path: str | os.PathLike, padding: str = DEFAULT_POLICY,
-                      **kwargs) -> Interpolator:
-    """Loads a checkpoint written by `sepconv_jax.save_model` (or converted published weights)."""
+                      align: float | None = None, **kwargs) -> Interpolator:
+    """Loads a checkpoint written by `sepconv_jax.save_model` (or converted published weights);
+    `align` None is the checkpoint's own recommendation (`recommended_align`)."""
     model, metadata = load_model(path)
-    return cls(model, channel_order=metadata["channel_order"], padding=padding, **kwargs)
+    if align is None:
+      align = recommended_align(metadata)
+    return cls(model, channel_order=metadata["channel_order"], padding=padding, align=align,
+               **kwargs)
 
   @classmethod
   def default(cls, padding: str = DEFAULT_POLICY, **kwargs) -> Interpolator:
-    """The project's default model, shipped in the package (see the README's model card)."""
+    """The project's default model, shipped in the package (see the README's model card), with
+    its recommended pre-alignment (0.5) unless `align` says otherwise."""
     if not DEFAULT_MODEL_DIR.is_dir():
       raise FileNotFoundError(
           f"no default model shipped yet at {DEFAULT_MODEL_DIR}; pass a checkpoint "
@@ -191,10 +212,19 @@ class Interpolator:
 
   def _interpolate_float(self, frame0: jax.Array, frame1: jax.Array) -> jax.Array:
     """(B, H, W, 3) float32 in the model's channel order -> the same."""
+    if self.align:
+      frame0, frame1 = self._prealign(frame0, frame1)
     height, width = frame0.shape[1:3]
     if self.max_untiled_pixels is not None and height * width > self.max_untiled_pixels:
       return self._interpolate_tiled(frame0, frame1)
     return self._interpolate_padded(frame0, frame1)
+
+  def _prealign(self, frame0: jax.Array, frame1: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`alignment.prealign` on the host, whole frames (before any tiling), in RGB order."""
+    flip = self.channel_order == "BGR"
+    rgb0, rgb1 = (np.asarray(f[..., ::-1] if flip else f, np.float32) for f in (frame0, frame1))
+    aligned0, aligned1 = prealign(rgb0, rgb1, self.align)
+    return tuple(jnp.asarray(f[..., ::-1] if flip else f) for f in (aligned0, aligned1))
 
   def _interpolate_tiled(self, frame0: jax.Array, frame1: jax.Array) -> jax.Array:
     batch, height, width, channels = frame0.shape
@@ -267,7 +297,8 @@ class Interpolator:
     Each map is a float32 NumPy array (H, W, K), or (B, H, W, K) for batched frames, on the frames'
     own pixel grid (padded and cropped back like the frame); index 0/1 is the frame it applies to
     (`sepconv_jax.evaluation.kernels` measures them against optical flow). The whole frame in one
-    piece (no tiling, no ensemble): frames the size of a 1280x720 one need a few GB.
+    piece (no tiling, no ensemble) and the pair as given (no pre-alignment): frames the size of a
+    1280x720 one need a few GB.
     """
     frame0, frame1, single, _, _ = self._model_frames(first, second)
     maps = run_padded(functools.partial(self._kernel_network, self._state), frame0, frame1,

@@ -496,10 +496,13 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
 def load_interpolator(model: str | os.PathLike | None, *, padding: str,
                       max_untiled_pixels: int | None = None,
                       tile_size: int | None = None, ensemble: bool = False,
-                      precision: str | None = None) -> Interpolator:
+                      align: float | None = None, precision: str | None = None
+                      ) -> Interpolator:
   """The checkpoint at `model`, or the project's default model when `model` is None;
-  `precision` None (or "auto") is the backend's default."""
-  kwargs = {"ensemble": ensemble, "precision": None if precision == "auto" else precision}
+  `align` the pre-alignment strength (`Interpolator`; None: the checkpoint's own), `precision`
+  None (or "auto") the backend's default."""
+  kwargs = {"ensemble": ensemble, "align": align,
+            "precision": None if precision == "auto" else precision}
   if max_untiled_pixels is not None:
     kwargs["max_untiled_pixels"] = max_untiled_pixels
   if tile_size is not None:
@@ -574,7 +577,7 @@ def _run(args, common: dict) -> int:
     interpolator = load_interpolator(args.model, padding=args.padding,
                                      max_untiled_pixels=args.max_untiled_pixels,
                                      tile_size=args.tile_size, ensemble=args.ensemble,
-                                     precision=args.precision)
+                                     align=args.align, precision=args.precision)
     if args.pair:
       summary = interpolate_pair(interpolator, *args.pair, args.out, overwrite=args.overwrite,
                                  checked=True, **common)
@@ -597,6 +600,6 @@ def _run(args, common: dict) -> int:
   finally:
     if reader is not None:
       reader.close()  # a no-op once interpolate_video has closed it
-  summary.compute = interpolator.describe_compute()
+  summary.compute = interpolator.describe_compute() + interpolator.describe_alignment()
   print(summary)
   return 0

@@ -106,6 +106,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
   return metadata
 
 
+def recommended_align(metadata: dict[str, Any]) -> float:
+  """The pre-alignment strength a model is meant to run with (`sepconv_jax.inference.alignment`):
+  its metadata's `info["align"]` when set (`sepconv export --info '{"align": 0.5}'`), else the
+  strength it was trained with (`TrainConfig.prealign`), else 0 (the network alone)."""
+  info = metadata.get("info") or {}
+  if "align" in info:
+    return float(info["align"])
+  return float((info.get("train_config") or {}).get("prealign", 0.0))
+
+
 def abstract_model(config: SepConvConfig) -> SepConvNet:
   """A model of `config` whose parameters are shapes only (nothing allocated or initialised)."""
   return nnx.eval_shape(lambda: SepConvNet(config, rngs=nnx.Rngs(0)))

@@ -82,6 +82,12 @@ class TrainConfig:
       rot90, the two flips), and its RGB channels put in one of their six orders, the same for
       the three frames (`sepconv_data.pipeline.augment`). Off: the data stream is the one a seed
       gave before these options existed.
+    prealign: Pre-alignment strength in [0, 1] (`sepconv_jax.inference.alignment`): the input
+      frames of every training and validation crop (before cropping) and of the full-frame
+      validation are warped that share of the way to the middle along their DIS flow, so that
+      the network learns to finish what the flow started, as the `Interpolator` runs it with
+      `align` set to the same strength (`recommended_align` reads it from the checkpoint). The
+      full validation's kernel figures still measure against the whole motion. 0: off.
     epochs, steps: Length of the run. `steps` wins when set; otherwise `epochs` epochs of
       `steps_per_epoch` steps (by default the training split's size // batch_size).
     seed: Fixes the initialisation, the data order and augmentation, and the state's RNG.
@@ -138,6 +144,7 @@ class TrainConfig:
   synthetic_objects: float = 0.0
   all_orientations: bool = False
   channel_permutation: bool = False
+  prealign: float = 0.0
   epochs: int = 50
   steps: int | None = None
   steps_per_epoch: int | None = None
@@ -207,6 +214,8 @@ class TrainConfig:
       raise ValueError(f"max_flow must be positive (pixels) or None, got {self.max_flow}")
     if not 0.0 <= self.synthetic_objects <= 1.0:
       raise ValueError(f"synthetic_objects must be in [0, 1], got {self.synthetic_objects}")
+    if not 0.0 <= self.prealign <= 1.0:
+      raise ValueError(f"prealign must be in [0, 1], got {self.prealign}")
     if self.num_samples < 0 or self.nu < 0 or self.full_validation < 0:
       raise ValueError("num_samples, full_validation and nu must not be negative")
     if self.centroid_weight < 0 or (self.centroid_steps is not None and self.centroid_steps < 1):

@@ -47,6 +47,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sepconv_jax.evaluation import datasets, kernels as kernel_stats, runner, scoring
+from sepconv_jax.inference import alignment
 from sepconv_jax.network import checkpoint as checkpoint_lib
 from sepconv_jax.network.model import ConvOptions
 from sepconv_jax.network.padding import run_padded
@@ -209,7 +210,7 @@ def _train_batches(config: TrainConfig, data: _Data):
                 flows=bool(config.centroid_weight), max_flow=config.max_flow,
                 synthetic_objects=config.synthetic_objects,
                 all_orientations=config.all_orientations,
-                channel_permutation=config.channel_permutation,
+                channel_permutation=config.channel_permutation, prealign=config.prealign,
                 object_flows_only=config.centroid_flows == "objects")
   dataset = pipeline.train_dataset(
       data.data_dir, batch_size=data.local_batch, crop_size=config.crop_size, seed=config.seed,
@@ -230,7 +231,7 @@ def _validation_batches(config: TrainConfig, data_dir: str, local_batch: int
   dataset = pipeline.validation_dataset(
       data_dir, batch_size=local_batch, crop_size=config.crop_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      threads=config.data_threads,
+      threads=config.data_threads, prealign=config.prealign,
       # Several hosts must run the same number of (collective) eval steps: equal shares.
       drop_remainder=many_hosts)
   if config.validation_batches is not None:
@@ -299,10 +300,13 @@ def _sample_net(graphdef: nnx.GraphDef, conv: ConvOptions, return_kernels: bool 
 
 
 class _FullFrames:
-  """Interpolates full frames (x0, x1 RGB uint8) with the current parameters, on one device."""
+  """Interpolates full frames (x0, x1 RGB uint8) with the current parameters, on one device,
+  pre-aligned by `prealign` (`TrainConfig.prealign`) as the `Interpolator` would."""
 
-  def __init__(self, graphdef: nnx.GraphDef, kernel_size: int, conv: ConvOptions):
+  def __init__(self, graphdef: nnx.GraphDef, kernel_size: int, conv: ConvOptions,
+               prealign: float = 0.0):
     self._kernel_size = kernel_size
+    self._prealign = prealign
     self._net = {kernels: _sample_net(graphdef, conv, kernels) for kernels in (False, True)}
 
   def __call__(self, params: nnx.State, x0: np.ndarray, x1: np.ndarray, *,
@@ -311,7 +315,8 @@ class _FullFrames:
     (H, W, K) float32 NumPy arrays on the frame's grid)."""
     # One local copy of the replicated parameters (`params` may be sharded over the mesh).
     local = jax.tree.map(lambda a: a.addressable_data(0), params)
-    a, b = (jnp.asarray(f[None], jnp.float32) / 255.0 for f in (x0, x1))
+    a, b = (f[None].astype(np.float32) / 255.0 for f in (x0, x1))
+    a, b = (jnp.asarray(f) for f in alignment.prealign(a, b, self._prealign))
     out = run_padded(functools.partial(self._net[kernels], local), a, b, policy=SAMPLE_PADDING,
                      kernel_size=self._kernel_size)
     middle, maps = out if kernels else (out, None)
@@ -513,7 +518,7 @@ class _Validator:
     self._writer, self._is_main = writer, is_main
     self.scores: dict[int, dict[str, float]] = {}
     self._samples = self._full = None
-    full_frames = _FullFrames(graphdef, config.model.kernel_size, conv)
+    full_frames = _FullFrames(graphdef, config.model.kernel_size, conv, config.prealign)
     if is_main and data.has_validation and config.num_samples:
       self._samples = _Samples(full_frames, _sample_triplets(data.data_dir, config.num_samples),
                                workdir / "samples")
