@@ -60,20 +60,21 @@ class OneLineParser(argparse.ArgumentParser):
     self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def unit_interval(text: str) -> float:
+  """argparse type: a number in [0, 1]."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+  if not 0.0 <= value <= 1.0:
+    raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+  return value
+
+
 def add_align_argument(parser: argparse.ArgumentParser) -> None:
   """`--align S|auto`: the pre-alignment strength of `sepconv_jax.inference.alignment`; "auto"
   (the default) parses to None, the model's own recommendation."""
-  def strength(text: str) -> float | None:
-    if text == "auto":
-      return None
-    try:
-      value = float(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-      raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value
-  parser.add_argument("--align", type=strength, default=None, metavar="S",
+  parser.add_argument("--align", type=lambda text: None if text == "auto" else unit_interval(text), default=None, metavar="S",
                       help="warp both frames S (0 to 1) of the way to the middle along classical "
                            "optical flow (OpenCV DIS) before the network; 0 runs the network "
                            "alone (default: auto, the model's own: 0.5 for the default model, S "

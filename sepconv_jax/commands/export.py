@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any, Sequence
 
-from sepconv_jax.commands import OneLineParser, add_version_argument
+from sepconv_jax.commands import OneLineParser, add_version_argument, unit_interval
 from sepconv_jax.network.checkpoint import STORAGE_DTYPES, CheckpointError
 from sepconv_jax.network.export import export_model
 
@@ -21,16 +21,6 @@ def _json_object(text: str) -> dict[str, Any]:
     raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
   if not isinstance(value, dict):
     raise argparse.ArgumentTypeError("must be a JSON object ({...})")
-  return value
-
-
-def _unit_interval(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-  if not 0.0 <= value <= 1.0:
-    raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
   return value
 
 
@@ -50,7 +40,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv export") -> int
                       help="export (1 - W) * SOURCE + W * CHECKPOINT, parameter by parameter "
                            "(weight-space ensembling, e.g. a fine-tuned step with the model it "
                            "started from)")
-  parser.add_argument("--blend-weight", type=_unit_interval, metavar="W",
+  parser.add_argument("--blend-weight", type=unit_interval, metavar="W",
                       help="W of --blend-with, in [0, 1] (default 0.5)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
   add_version_argument(parser)

@@ -29,7 +29,7 @@ import dataclasses
 import os
 import sys
 
-from sepconv_jax.commands import OneLineParser, add_version_argument, positive
+from sepconv_jax.commands import OneLineParser, add_version_argument, positive, unit_interval
 
 CONFIGS = ("default", "frame_average", "cpu", "tiny")  # mirrors training.configs.CONFIGS
 LOSSES = ("l1", "l2", "ssim", "vgg", "l1+vgg")  # mirrors sepconv_jax.training.losses.LOSSES
@@ -89,7 +89,7 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
   p.add_argument("--channel-permutation", action="store_true",
                  help="put each crop's RGB channels in a random order (one of six, the same "
                       "for its three frames)")
-  p.add_argument("--prealign", type=float, metavar="S",
+  p.add_argument("--prealign", type=unit_interval, metavar="S",
                  help="warp the input frames of every crop and full validation frame S of the "
                       "way to the middle along their optical flow (OpenCV DIS), to train a model "
                       "for sepconv interpolate --align S (0 to 1; default 0: off)")
