@@ -92,8 +92,6 @@ def test_interpolator_checks_align(model):  # noqa: F811
     Interpolator(model, align=-0.1)
 
 
-
-
 def test_a_checkpoint_recommends_its_strength(model, tmp_path):  # noqa: F811
   assert recommended_align({"info": {"align": 0.5, "train_config": {"prealign": 0.3}}}) == 0.5
   assert recommended_align({"info": {"train_config": {"prealign": 0.3}}}) == 0.3
