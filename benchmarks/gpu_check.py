@@ -18,8 +18,8 @@ error, and the check goes on):
             is per-pixel multiply-adds, and the d image kernel's banded matrix products are
             float32 IEEE, so tensor cores do not apply; that kernel does ~3.8x the useful
             multiply-adds, which the share of the roofline counts against it).
-  model     `Interpolator.default()` end to end (uint8 frames in and out, one network call, no
-            tiling) at 1920x1080 in float32 and bfloat16.
+  model     `Interpolator.default(align=0.0)` end to end (uint8 frames in and out, one network
+            call, no tiling, no pre-alignment) at 1920x1080 in float32 and bfloat16.
   train     one training step (L1, AdaMax, the published network) on a batch of 16 128x128 crops,
             float32 and bfloat16.
 
@@ -203,7 +203,7 @@ def _model(tiny: bool):
   from sepconv_jax.network.model import SepConvConfig, SepConvNet  # pylint: disable=import-outside-toplevel
   if tiny:
     return lambda **kw: Interpolator(SepConvNet(SepConvConfig.tiny(), rngs=nnx.Rngs(0)), **kw)
-  return Interpolator.default
+  return functools.partial(Interpolator.default, align=0.0)  # the network, not the CPU-side flow
 
 
 def part_model(sizes: Sizes, tiny: bool) -> list[Row]:

@@ -99,8 +99,9 @@ def main(argv=None) -> int:
   parser.add_argument("--crops", type=int, default=48, help="synthetic objects (default 48)")
   parser.add_argument("--crop", type=int, default=128, help="their crop side (default 128)")
   args = parser.parse_args(argv)
-  interpolator = (Interpolator.default() if args.model is None
-                  else Interpolator.from_checkpoint(args.model))
+  # The network alone: its kernels against the whole motion (no pre-alignment).
+  interpolator = (Interpolator.default(align=0.0) if args.model is None
+                  else Interpolator.from_checkpoint(args.model, align=0.0))
   print(f"model: {args.model or 'default'}")
   print(suv(interpolator))
   if args.data != "none":
