@@ -66,10 +66,11 @@ def stack_frames(example: dict) -> tf.Tensor:
 
 
 def unstack_frames(frames: tf.Tensor) -> dict:
-  """{"x0", "x1", "y"} float32 in [0, 1] from (3, H, W, C) uint8 (or float already in [0, 1])."""
+  """{"x0", "x1", "y"} float32 in [0, 1] from (3, H, W, C) uint8 (or float already in [0, 1]);
+  "y" keeps 3 channels (of 6 with `prealign_frames(keep_captured=True)`, the second three a copy)."""
   if frames.dtype == tf.uint8:
     frames = tf.cast(frames, tf.float32) / 255.0
-  return {"x0": frames[0], "x1": frames[2], "y": frames[1]}
+  return {"x0": frames[0], "x1": frames[2], "y": frames[1][..., :3]}
 
 
 def random_crop(frames: tf.Tensor, seed, size: int) -> tf.Tensor:
@@ -140,7 +141,10 @@ def random_channel_order(frames: tf.Tensor, seed) -> tf.Tensor:
   free (RIFE's training reverses the channel order at random)."""
   choice = tf.random.stateless_uniform([], seed, minval=0, maxval=len(CHANNEL_ORDERS),
                                        dtype=tf.int32)
-  return tf.gather(frames, tf.gather(tf.constant(CHANNEL_ORDERS), choice), axis=-1)
+  order = tf.gather(tf.constant(CHANNEL_ORDERS), choice)
+  # Frames of 6 channels (pre-aligned and captured, `prealign_frames`): the same order in both.
+  order = tf.concat([order + offset for offset in range(0, frames.shape[-1], 3)], axis=0)
+  return tf.gather(frames, order, axis=-1)
 
 
 def _swap_draw(seed) -> tf.Tensor:
@@ -236,22 +240,28 @@ def random_moving_object(frames: tf.Tensor, seed) -> tf.Tensor:
   return paste_object(frames, *random_object(seed, frames.shape[1]))
 
 
-def prealign_frames(frames: tf.Tensor, strength: float) -> tf.Tensor:
-  """(3, H, W, C) frames (uint8, or float32 in [0, 1]) with x0 and x1 warped `strength` of the way
+def prealign_frames(frames: tf.Tensor, strength: float, keep_captured: bool = False
+                    ) -> tf.Tensor:
+  """(3, H, W, 3) frames (uint8, or float32 in [0, 1]) with x0 and x1 warped `strength` of the way
   to the middle along the DIS flow between them (`flow.align_to_middle`, as the `Interpolator`'s
-  pre-alignment does to whole frames), float32 in [0, 1]; y untouched."""
+  pre-alignment does to whole frames), float32 in [0, 1]; y untouched. `keep_captured` (for a
+  network with unaligned sources): (3, H, W, 6), each frame followed on channels by itself as
+  captured (y by a copy of itself)."""
   if frames.dtype == tf.uint8:
     frames = tf.cast(frames, tf.float32) / 255.0
-  aligned = tf.numpy_function(lambda a, b: flow.align_to_middle(a, b, strength),
-                              [frames[0], frames[2]], [tf.float32, tf.float32], stateful=False)
-  aligned = [tf.ensure_shape(a, frames.shape[1:]) for a in aligned]
-  return tf.stack([aligned[0], frames[1], aligned[1]])
+  aligned = [frames[0], frames[2]]
+  if strength > 0.0:
+    aligned = tf.numpy_function(lambda a, b: flow.align_to_middle(a, b, strength),
+                                [frames[0], frames[2]], [tf.float32, tf.float32], stateful=False)
+    aligned = [tf.ensure_shape(a, frames.shape[1:]) for a in aligned]
+  out = tf.stack([aligned[0], frames[1], aligned[1]])
+  return tf.concat([out, frames], axis=-1) if keep_captured else out
 
 
 def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
             synthetic_objects: float = 0.0, with_object_flows: bool = False,
             all_orientations: bool = False, channel_permutation: bool = False,
-            prealign: float = 0.0) -> dict:
+            prealign: float = 0.0, unaligned_sources: bool = False) -> dict:
   """Training augmentation of one example {"x0", "y", "x1"} (uint8 (H, W, 3)) -> model inputs;
   with probability `synthetic_objects`, a rigid object moving by up to 24 px from the middle frame
   is pasted over the crop (`random_moving_object`), and `with_object_flows` adds its exact flows
@@ -259,7 +269,8 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
   `all_orientations` draws from the eight symmetries of the square instead of four
   (`random_dihedral`); `channel_permutation` shuffles the RGB channels (`random_channel_order`).
   `prealign` > 0 pre-aligns x0 and x1 by that strength (`prealign_frames`) after the downscale and
-  before the crop, so that the flow sees the whole patch."""
+  before the crop, so that the flow sees the whole patch; `unaligned_sources` keeps the captured
+  x0 and x1 behind them on channels (6 each)."""
   seeds = tf.random.experimental.stateless_split(seed, 3)
   frames = stack_frames(example)
   if min_scale < 1.0:
@@ -267,8 +278,8 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
     # Resized frames are float32 in [0, 255]; unstack_frames divides by 255 only for uint8.
     scale_seed = tf.random.experimental.stateless_fold_in(seed, 1)
     frames = random_downscale(frames, scale_seed, min_scale, crop_size) / 255.0
-  if prealign > 0.0:
-    frames = prealign_frames(frames, prealign)
+  if prealign > 0.0 or unaligned_sources:
+    frames = prealign_frames(frames, prealign, keep_captured=unaligned_sources)
   frames = random_crop(frames, seeds[0], crop_size)
   frames = (random_dihedral if all_orientations else random_orientation)(frames, seeds[1])
   flows = None
@@ -306,8 +317,9 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
 def add_flows(example: dict) -> dict:
   """`example` with the flows from "y" to "x0" and "x1" and their masks (module docstring)."""
   to_uint8 = lambda frame: tf.cast(tf.round(tf.clip_by_value(frame, 0.0, 1.0) * 255.0), tf.uint8)
+  # Of the (pre-aligned) frames the first kernels apply to: the first three channels.
   outputs = tf.numpy_function(flow.middle_flows,
-                              [to_uint8(example[k]) for k in ("x0", "y", "x1")],
+                              [to_uint8(example[k][..., :3]) for k in ("x0", "y", "x1")],
                               [tf.float32] * 4, stateful=False)
   height, width = example["y"].shape[:2]
   shapes = ([height, width, 2], [height, width]) * 2
@@ -368,14 +380,16 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
                   min_scale: float = 1.0, flows: bool = False,
                   max_flow: float | None = None, synthetic_objects: float = 0.0,
                   object_flows_only: bool = False, all_orientations: bool = False,
-                  channel_permutation: bool = False, prealign: float = 0.0) -> tf.data.Dataset:
+                  channel_permutation: bool = False, prealign: float = 0.0,
+                  unaligned_sources: bool = False) -> tf.data.Dataset:
   """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`;
   with `flows`, also the optical flows of each crop (module docstring), or with
   `object_flows_only` instead the exact flows of the pasted objects only (`augment`); with
   `max_flow`, from the patches that move at most that much only (`read_split`); with
   `synthetic_objects`, that share of the crops carries a pasted moving object, and
   `all_orientations` and `channel_permutation` add symmetries and colour orders, and `prealign`
-  pre-aligns the input frames (`augment`)."""
+  pre-aligns the input frames, keeping the captured ones too with `unaligned_sources`
+  (`augment`)."""
   if not 0.0 < min_scale <= 1.0:
     raise ValueError(f"{min_scale=} must be in (0, 1]")
   if not 0.0 <= synthetic_objects <= 1.0:
@@ -400,7 +414,7 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
       lambda index, example: augment(example, element_seed(seed, process_index, index),
                                      crop_size, min_scale, synthetic_objects,
                                      flows and object_flows_only, all_orientations,
-                                     channel_permutation, prealign),
+                                     channel_permutation, prealign, unaligned_sources),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if flows and not object_flows_only:
     dataset = dataset.map(add_flows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -420,9 +434,10 @@ def validation_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16,
                        crop_size: int | None = None, process_index: int = 0,
                        process_count: int = 1, threads: int = 2, drop_remainder: bool = False,
                        split: str = builder.VALIDATION, config: str | None = None,
-                       prealign: float = 0.0) -> tf.data.Dataset:
+                       prealign: float = 0.0, unaligned_sources: bool = False
+                       ) -> tf.data.Dataset:
   """Validation batches: no augmentation, fixed order, the full patch or its centre crop (with
-  `prealign`, of the pre-aligned patch, as in `augment`).
+  `prealign` and `unaligned_sources`, of the pre-aligned patch, as in `augment`).
 
   With several hosts each reads an even share; `drop_remainder=False` keeps every example (hosts
   may then see one batch more or less, and the last batch may be smaller).
@@ -435,8 +450,8 @@ def validation_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16,
 
   def prepare(example):
     frames = stack_frames(example)
-    if prealign > 0.0:
-      frames = prealign_frames(frames, prealign)
+    if prealign > 0.0 or unaligned_sources:
+      frames = prealign_frames(frames, prealign, keep_captured=unaligned_sources)
     if crop_size is not None:
       frames = center_crop(frames, crop_size)
     return unstack_frames(frames)

@@ -389,3 +389,20 @@ def test_prealign_leaves_that_share_of_the_motion_and_the_draws_unchanged():
                                   example, seed))
   np.testing.assert_allclose(in_dataset["x0"], _numpy(pipeline.augment(
       example, seed, 64, prealign=0.5))["x0"], atol=1e-6)
+
+
+def test_unaligned_sources_keep_the_captured_frames_behind_the_aligned_ones():
+  example = _street_triplet()
+  seed = pipeline.element_seed(1, 0, 0)
+  for permute in (False, True):
+    options = dict(channel_permutation=permute)
+    both = _numpy(pipeline.augment(example, seed, 64, prealign=0.5, unaligned_sources=True,
+                                   **options))
+    aligned = _numpy(pipeline.augment(example, seed, 64, prealign=0.5, **options))
+    captured = _numpy(pipeline.augment(example, seed, 64, **options))
+    assert both["x0"].shape == (64, 64, 6) and both["y"].shape == (64, 64, 3)
+    np.testing.assert_allclose(both["y"], captured["y"], atol=1e-6)
+    for key in ("x0", "x1"):  # the same crop, orientation, swap and channel order in both
+      np.testing.assert_allclose(both[key][..., :3], aligned[key], atol=1e-6)
+      np.testing.assert_allclose(both[key][..., 3:], captured[key], atol=1e-6)
+

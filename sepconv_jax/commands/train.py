@@ -93,6 +93,11 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
                  help="warp the input frames of every crop and full validation frame S of the "
                       "way to the middle along their optical flow (OpenCV DIS), to train a model "
                       "for sepconv interpolate --align S (0 to 1; default 0: off)")
+  p.add_argument("--unaligned-sources", action="store_true",
+                 help="with --prealign: the network also sees the frames as captured and can "
+                      "take pixels from them where the flow went wrong (6 channels a frame, four "
+                      "kernel pairs; --init-from a network without them starts it exactly where "
+                      "that one was)")
   length = p.add_mutually_exclusive_group()
   length.add_argument("--epochs", type=positive(int))
   length.add_argument("--steps", type=positive(int), help="total steps (instead of --epochs)")
@@ -183,6 +188,9 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         centroid_steps=args.centroid_steps, centroid_flows=args.centroid_flows,
         ema_decay=args.ema_decay,
         precision=None if args.precision in (None, "auto") else args.precision)
+    if args.unaligned_sources:
+      config = dataclasses.replace(
+          config, model=dataclasses.replace(config.model, unaligned_sources=True))
     if args.epochs is not None:  # --epochs given: the config's step count must not win
       config = dataclasses.replace(config, steps=None)
     result = loop.train(config, args.workdir, resume=args.resume, init_from=args.init_from,

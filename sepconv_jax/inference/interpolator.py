@@ -20,7 +20,9 @@ Ensemble Optional (`ensemble=True`): the network also runs on the pair in revers
 Alignment Optional (`align=S`, S in (0, 1]): before the network, both frames are warped S of the
            way to the middle along OpenCV's DIS optical flow, so the network has less motion to
            follow (`sepconv_jax.inference.alignment`; about 0.1 s a 854x480 pair on the CPU).
-           0 runs the network alone, as published. A checkpoint recommends its own strength
+           0 runs the network alone, as published. A network with unaligned sources
+           (`SepConvConfig.unaligned_sources`) gets both the pre-aligned and the captured frames.
+           A checkpoint recommends its own strength
            (`recommended_align`: the default model 0.5, which scores higher, BENCHMARKS.md), which
            `from_checkpoint` and `default` use unless told otherwise.
 Precision The network's convolutions run in `precision` ("float32", or "bfloat16": bfloat16
@@ -212,12 +214,23 @@ class Interpolator:
 
   def _interpolate_float(self, frame0: jax.Array, frame1: jax.Array) -> jax.Array:
     """(B, H, W, 3) float32 in the model's channel order -> the same."""
+    captured = frame0, frame1
     if self.align:
       frame0, frame1 = self._prealign(frame0, frame1)
+    frame0, frame1 = self._network_frames(frame0, frame1, *captured)
     height, width = frame0.shape[1:3]
     if self.max_untiled_pixels is not None and height * width > self.max_untiled_pixels:
       return self._interpolate_tiled(frame0, frame1)
     return self._interpolate_padded(frame0, frame1)
+
+  def _network_frames(self, aligned0: jax.Array, aligned1: jax.Array, captured0: jax.Array,
+                      captured1: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The network's input frames: the (pre-aligned) frames, followed on channels by the captured
+    ones for a network with unaligned sources (`SepConvConfig.unaligned_sources`)."""
+    if not self.config.unaligned_sources:
+      return aligned0, aligned1
+    return (jnp.concatenate([aligned0, captured0], axis=-1),
+            jnp.concatenate([aligned1, captured1], axis=-1))
 
   def _prealign(self, frame0: jax.Array, frame1: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`alignment.prealign` on the host, whole frames (before any tiling), in RGB order."""
@@ -227,11 +240,11 @@ class Interpolator:
     return tuple(jnp.asarray(f[..., ::-1] if flip else f) for f in (aligned0, aligned1))
 
   def _interpolate_tiled(self, frame0: jax.Array, frame1: jax.Array) -> jax.Array:
-    batch, height, width, channels = frame0.shape
+    batch, height, width = frame0.shape[:3]
     size, overlap = self.tiles.size, self.tiles.overlap
     rows, cols = _tile_starts(height, size, overlap), _tile_starts(width, size, overlap)
     tile_h, tile_w = min(size, height), min(size, width)
-    total = np.zeros((batch, height, width, channels), np.float32)
+    total = np.zeros((batch, height, width, 3), np.float32)
     weight_sum = np.zeros((1, height, width, 1), np.float32)
     for row_index, y in enumerate(rows):
       row_weights = _blend_weights(tile_h, rows, row_index)
@@ -298,9 +311,11 @@ class Interpolator:
     own pixel grid (padded and cropped back like the frame); index 0/1 is the frame it applies to
     (`sepconv_jax.evaluation.kernels` measures them against optical flow). The whole frame in one
     piece (no tiling, no ensemble) and the pair as given (no pre-alignment): frames the size of a
-    1280x720 one need a few GB.
+    1280x720 one need a few GB. For a network with unaligned sources, the kernels of the
+    (here not pre-aligned) first pair of sources.
     """
     frame0, frame1, single, _, _ = self._model_frames(first, second)
+    frame0, frame1 = self._network_frames(frame0, frame1, frame0, frame1)
     maps = run_padded(functools.partial(self._kernel_network, self._state), frame0, frame1,
                       policy=self.padding, kernel_size=self.config.kernel_size)
     return KernelMaps(*(np.asarray(m[0] if single else m, np.float32) for m in maps))

@@ -30,6 +30,14 @@ Conventions
                the padding policies of `sepconv_jax.network.padding`, which pad to a multiple of 128 and
                crop back; the network itself never asserts a maximum resolution.
 
+Unaligned sources (`SepConvConfig(unaligned_sources=True)`; not in the published network): for
+  pre-aligned input (`sepconv_jax.inference.alignment`), each frame arrives as 6 channels, the
+  pre-aligned frame then the frame as captured. The encoder sees all 12 channels and four more
+  subnets give kernels for the captured pair, so that where the optical flow went wrong the
+  network can take its pixels from the frames the warp did not touch. The output sums the four
+  sources (normalised over all four with `kernel_normalisation`). `with_unaligned_sources`
+  turns a trained two-source network into one that computes exactly what it did.
+
 Architecture (the published one with `SepConvConfig()`; `channels` scales it down for tests):
   encoder  5 stacks of three 3x3 conv + ReLU: 6 -> 32 -> 64 -> 128 -> 256 -> 512, each followed by
            2x2 average pooling.
@@ -85,11 +93,14 @@ class SepConvConfig:
     frame_average_init: Initialise the last conv of each subnet so that the untrained network
       outputs the average of the two frames (kernels one-hot at the centre tap). Off by default,
       which is the plain Flax initialisation (LeCun normal weights, zero biases).
+    unaligned_sources: Frames of 6 channels (pre-aligned, then as captured) and kernels for both
+      (module docstring). Off in the published network.
   """
   channels: tuple[int, int, int, int, int] = PUBLISHED_CHANNELS
   kernel_size: int = PUBLISHED_KERNEL_SIZE
   kernel_normalisation: bool = False
   frame_average_init: bool = False
+  unaligned_sources: bool = False
 
   def __post_init__(self):
     # Accept lists (e.g. from JSON) but store a tuple so that the config stays hashable.
@@ -98,6 +109,11 @@ class SepConvConfig:
       raise ValueError(f"channels must be 5 positive ints, got {self.channels=}")
     if self.kernel_size < 1 or self.kernel_size % 2 == 0:
       raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size=}")
+
+  @property
+  def frame_channels(self) -> int:
+    """Channels of each input frame: 3, or 6 with `unaligned_sources`."""
+    return 6 if self.unaligned_sources else 3
 
   @classmethod
   def scaled(cls, width: float, **overrides: Any) -> SepConvConfig:
@@ -296,9 +312,9 @@ class SepConvNet(nnx.Module):
   def __init__(self, config: SepConvConfig = SepConvConfig(), *, rngs: nnx.Rngs):
     self.config = config
     c1, c2, c3, c4, c5 = config.channels
-    # Both frames enter together, concatenated on channels (3 + 3).
+    # Both frames enter together, concatenated on channels (3 + 3, or 6 + 6).
     self.encoder = nnx.List([
-        ConvStack(6, c1, rngs=rngs),
+        ConvStack(2 * config.frame_channels, c1, rngs=rngs),
         ConvStack(c1, c2, rngs=rngs),
         ConvStack(c2, c3, rngs=rngs),
         ConvStack(c3, c4, rngs=rngs),
@@ -312,19 +328,29 @@ class SepConvNet(nnx.Module):
         ConvStack(c3, c2, rngs=rngs),
     ])
     self.upsamplers = nnx.List([UpsampleConv(c, rngs=rngs) for c in (c5, c4, c3, c2)])
-    # Index = the frame the kernels apply to.
+    # Index = the frame the kernels apply to: 0 and 1, then (unaligned sources) the captured
+    # frames 0 and 1.
     subnet = lambda: KernelSubnet(c2, config.kernel_size,
                                   frame_average_init=config.frame_average_init, rngs=rngs)
-    self.vertical_subnets = nnx.List([subnet(), subnet()])
-    self.horizontal_subnets = nnx.List([subnet(), subnet()])
+    sources = 4 if config.unaligned_sources else 2
+    self.vertical_subnets = nnx.List([subnet() for _ in range(sources)])
+    self.horizontal_subnets = nnx.List([subnet() for _ in range(sources)])
 
   def kernel_maps(self, frame0: jax.Array, frame1: jax.Array, *,
                   conv: ConvOptions = ConvOptions()) -> KernelMaps:
-    """The four kernel maps, each (B, H, W, K), float32, for frames (B, H, W, 3) with
-    H, W % 32 == 0; `conv` says how the convolutions run (default: the backend's fastest)."""
+    """The four kernel maps, each (B, H, W, K), float32, for frames (B, H, W, C) with
+    H, W % 32 == 0 and C = `config.frame_channels`; `conv` says how the convolutions run (default:
+    the backend's fastest). With unaligned sources, those of the pre-aligned pair."""
+    return self._source_kernel_maps(frame0, frame1, conv)[0]
+
+  def _source_kernel_maps(self, frame0: jax.Array, frame1: jax.Array,
+                          conv: ConvOptions) -> tuple[KernelMaps, ...]:
+    """One KernelMaps per pair of sources: the frames (pre-aligned with unaligned sources), then
+    with unaligned sources the captured frames."""
+    channels = self.config.frame_channels
     for name, frame in (("frame0", frame0), ("frame1", frame1)):
-      if frame.ndim != 4 or frame.shape[-1] != 3:
-        raise ValueError(f"{name}.shape={frame.shape} must be (B, H, W, 3)")
+      if frame.ndim != 4 or frame.shape[-1] != channels:
+        raise ValueError(f"{name}.shape={frame.shape} must be (B, H, W, {channels})")
     if frame0.shape != frame1.shape:
       raise ValueError(f"frames differ in shape: {frame0.shape=}, {frame1.shape=}")
     height, width = frame0.shape[1:3]
@@ -343,12 +369,9 @@ class SepConvNet(nnx.Module):
     # skips[4] (1/16 res) joins after decoder[0], ..., skips[1] (1/2 res) after decoder[3].
     for stack, upsample, skip in zip(self.decoder, self.upsamplers, reversed(skips[1:])):
       x = upsample(stack(x, conv), conv) + skip
-    return KernelMaps(
-        vertical0=self.vertical_subnets[0](x, conv),
-        horizontal0=self.horizontal_subnets[0](x, conv),
-        vertical1=self.vertical_subnets[1](x, conv),
-        horizontal1=self.horizontal_subnets[1](x, conv),
-    )
+    maps = [(vertical(x, conv), horizontal(x, conv))
+            for vertical, horizontal in zip(self.vertical_subnets, self.horizontal_subnets)]
+    return tuple(KernelMaps(*maps[i], *maps[i + 1]) for i in range(0, len(maps), 2))
 
   def __call__(self, frame0: jax.Array, frame1: jax.Array, *, conv: ConvOptions = ConvOptions(),
                return_kernels: bool = False) -> jax.Array | tuple[jax.Array, KernelMaps]:
@@ -356,28 +379,69 @@ class SepConvNet(nnx.Module):
 
     Args:
       frame0, frame1: (B, H, W, 3) in [0, 1], H and W multiples of 32, channel order as the
-        checkpoint records.
+        checkpoint records; with unaligned sources (B, H, W, 6): pre-aligned, then as captured.
       conv: How the convolutions run: compute precision and implementation (`ConvOptions`;
         default: the backend's fastest accurate choice). The kernel maps, the separable local
         convolution and the output are float32 in every precision.
       return_kernels: Also return the four kernel maps (for inspection and kernel losses).
 
     Returns:
-      The frame (B, H, W, 3), or (frame, KernelMaps) with `return_kernels`.
+      The frame (B, H, W, 3), or (frame, KernelMaps) with `return_kernels` (with unaligned
+      sources, the pre-aligned pair's).
     """
-    kernels = self.kernel_maps(frame0, frame1, conv=conv)
-    total = (local_separable_conv(frame0, kernels.vertical0, kernels.horizontal0)
-             + local_separable_conv(frame1, kernels.vertical1, kernels.horizontal1))
+    source_maps = self._source_kernel_maps(frame0, frame1, conv)
+    # (frame, vertical, horizontal) per source; with unaligned sources the first three channels
+    # of each frame are the pre-aligned ones, the last three the captured ones.
+    sources = []
+    for index, maps in enumerate(source_maps):
+      channels = slice(3 * index, 3 * index + 3)
+      sources += [(frame0[..., channels], maps.vertical0, maps.horizontal0),
+                  (frame1[..., channels], maps.vertical1, maps.horizontal1)]
+    total = sum(local_separable_conv(frame, v, h) for frame, v, h in sources)
     if self.config.kernel_normalisation:
       # The op's response to a channel of ones (replicate-padded: ones everywhere) is the sum of
-      # the weights each pixel sees, sum_i V_i * sum_j H_j for each frame: computed directly, it
+      # the weights each pixel sees, sum_i V_i * sum_j H_j for each source: computed directly, it
       # costs nothing, where a fourth channel through the op would cost a third more.
       weight_sum = sum(jnp.sum(v, axis=-1, keepdims=True) * jnp.sum(h, axis=-1, keepdims=True)
-                       for v, h in ((kernels.vertical0, kernels.horizontal0),
-                                    (kernels.vertical1, kernels.horizontal1)))
+                       for _, v, h in sources)
       weight_sum = jnp.where(jnp.abs(weight_sum) < _NORMALISATION_EPSILON, 1.0, weight_sum)
       total = total / weight_sum
-    return (total, kernels) if return_kernels else total
+    return (total, source_maps[0]) if return_kernels else total
+
+
+def with_unaligned_sources(model: SepConvNet) -> SepConvNet:
+  """A network with unaligned sources that computes exactly what `model` (without them) does on
+  the pre-aligned frames, whatever the captured ones: the encoder's first convolution gets zero
+  weights for the captured frames' channels, and the captured frames' kernels start as copies of
+  the pre-aligned frames' with the vertical ones zero (a product that is zero, which lets the
+  gradient reach both: zero in both would hold them there)."""
+  if model.config.unaligned_sources:
+    raise ValueError("the network already has unaligned sources")
+  config = dataclasses.replace(model.config, unaligned_sources=True)
+  target = nnx.eval_shape(lambda: SepConvNet(config, rngs=nnx.Rngs(0)))
+  source_state = nnx.state(model, nnx.Param)
+  state = nnx.state(target, nnx.Param)
+  flat_source = dict(nnx.to_flat_state(source_state))
+  new = {}
+  for path, variable in nnx.to_flat_state(state):
+    if path in flat_source:
+      value = flat_source[path][...]
+      if path[:4] == ("encoder", 0, "convs", 0) and path[-1] == "kernel":
+        # Channels: frame 0 (pre-aligned, captured), frame 1 (pre-aligned, captured).
+        zeros = jnp.zeros_like(value[:, :, :3])
+        value = jnp.concatenate([value[:, :, :3], zeros, value[:, :, 3:], zeros], axis=2)
+    else:  # a captured frame's subnet: a copy of the pre-aligned frame's (its own buffer, so
+      # that a training step may donate both)
+      name, index = path[0], path[1]
+      value = jnp.array(flat_source[(name, index - 2) + path[2:]][...], copy=True)
+      if name == "vertical_subnets" and path[2] == "output_conv":
+        value = jnp.zeros_like(value)
+    if value.shape != variable.shape:
+      raise ValueError(f"parameter {path}: {value.shape} where {variable.shape} is expected")
+    new[path] = value
+  graphdef, _ = nnx.split(target)
+  return nnx.merge(graphdef, nnx.from_flat_state(
+      [(path, nnx.Param(value)) for path, value in new.items()]))
 
 
 def count_parameters(config: SepConvConfig = SepConvConfig()) -> int:

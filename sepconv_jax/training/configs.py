@@ -87,7 +87,8 @@ class TrainConfig:
       validation are warped that share of the way to the middle along their DIS flow, so that
       the network learns to finish what the flow started, as the `Interpolator` runs it with
       `align` set to the same strength (`recommended_align` reads it from the checkpoint). The
-      full validation's kernel figures still measure against the whole motion. 0: off.
+      full validation's kernel figures still measure against the whole motion. 0: off. A
+      network with `unaligned_sources` (`SepConvConfig`) gets the captured frames as well.
     epochs, steps: Length of the run. `steps` wins when set; otherwise `epochs` epochs of
       `steps_per_epoch` steps (by default the training split's size // batch_size).
     seed: Fixes the initialisation, the data order and augmentation, and the state's RNG.
@@ -216,6 +217,9 @@ class TrainConfig:
       raise ValueError(f"synthetic_objects must be in [0, 1], got {self.synthetic_objects}")
     if not 0.0 <= self.prealign <= 1.0:
       raise ValueError(f"prealign must be in [0, 1], got {self.prealign}")
+    if self.model.unaligned_sources and not self.prealign:
+      raise ValueError("a network with unaligned sources needs prealign > 0 (without "
+                       "pre-alignment both of its sources are the same frames)")
     if self.num_samples < 0 or self.nu < 0 or self.full_validation < 0:
       raise ValueError("num_samples, full_validation and nu must not be negative")
     if self.centroid_weight < 0 or (self.centroid_steps is not None and self.centroid_steps < 1):

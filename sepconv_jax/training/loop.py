@@ -49,7 +49,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from sepconv_jax.evaluation import datasets, kernels as kernel_stats, runner, scoring
 from sepconv_jax.inference import alignment
 from sepconv_jax.network import checkpoint as checkpoint_lib
-from sepconv_jax.network.model import ConvOptions
+from sepconv_jax.network.model import ConvOptions, with_unaligned_sources
 from sepconv_jax.network.padding import run_padded
 from sepconv_jax.training import losses, metrics as metrics_lib
 from sepconv_jax.training.configs import TrainConfig
@@ -211,6 +211,7 @@ def _train_batches(config: TrainConfig, data: _Data):
                 synthetic_objects=config.synthetic_objects,
                 all_orientations=config.all_orientations,
                 channel_permutation=config.channel_permutation, prealign=config.prealign,
+                unaligned_sources=config.model.unaligned_sources,
                 object_flows_only=config.centroid_flows == "objects")
   dataset = pipeline.train_dataset(
       data.data_dir, batch_size=data.local_batch, crop_size=config.crop_size, seed=config.seed,
@@ -232,6 +233,7 @@ def _validation_batches(config: TrainConfig, data_dir: str, local_batch: int
       data_dir, batch_size=local_batch, crop_size=config.crop_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
       threads=config.data_threads, prealign=config.prealign,
+      unaligned_sources=config.model.unaligned_sources,
       # Several hosts must run the same number of (collective) eval steps: equal shares.
       drop_remainder=many_hosts)
   if config.validation_batches is not None:
@@ -301,12 +303,14 @@ def _sample_net(graphdef: nnx.GraphDef, conv: ConvOptions, return_kernels: bool 
 
 class _FullFrames:
   """Interpolates full frames (x0, x1 RGB uint8) with the current parameters, on one device,
-  pre-aligned by `prealign` (`TrainConfig.prealign`) as the `Interpolator` would."""
+  pre-aligned by `prealign` (`TrainConfig.prealign`) as the `Interpolator` would (and followed
+  by the captured frames for a network with `unaligned_sources`)."""
 
   def __init__(self, graphdef: nnx.GraphDef, kernel_size: int, conv: ConvOptions,
-               prealign: float = 0.0):
+               prealign: float = 0.0, unaligned_sources: bool = False):
     self._kernel_size = kernel_size
     self._prealign = prealign
+    self._unaligned_sources = unaligned_sources
     self._net = {kernels: _sample_net(graphdef, conv, kernels) for kernels in (False, True)}
 
   def __call__(self, params: nnx.State, x0: np.ndarray, x1: np.ndarray, *,
@@ -315,8 +319,11 @@ class _FullFrames:
     (H, W, K) float32 NumPy arrays on the frame's grid)."""
     # One local copy of the replicated parameters (`params` may be sharded over the mesh).
     local = jax.tree.map(lambda a: a.addressable_data(0), params)
-    a, b = (f[None].astype(np.float32) / 255.0 for f in (x0, x1))
-    a, b = (jnp.asarray(f) for f in alignment.prealign(a, b, self._prealign))
+    captured = [f[None].astype(np.float32) / 255.0 for f in (x0, x1)]
+    a, b = alignment.prealign(*captured, self._prealign)
+    if self._unaligned_sources:
+      a, b = (np.concatenate([f, c], axis=-1) for f, c in zip((a, b), captured))
+    a, b = jnp.asarray(a), jnp.asarray(b)
     out = run_padded(functools.partial(self._net[kernels], local), a, b, policy=SAMPLE_PADDING,
                      kernel_size=self._kernel_size)
     middle, maps = out if kernels else (out, None)
@@ -473,11 +480,15 @@ def _open_data(config: TrainConfig) -> _Data:
 
 
 def _initial_params(config: TrainConfig, init_from: str | os.PathLike) -> nnx.State:
-  """The parameters of checkpoint `init_from`, which must hold the configured network."""
+  """The parameters of checkpoint `init_from`, which must hold the configured network, or the
+  same network without unaligned sources (then extended: `model.with_unaligned_sources`)."""
   try:
     source, source_metadata = checkpoint_lib.load_model(init_from)
   except checkpoint_lib.CheckpointError as error:
     raise TrainingError(str(error)) from error
+  if (config.model.unaligned_sources and not source.config.unaligned_sources
+      and source.config == dataclasses.replace(config.model, unaligned_sources=False)):
+    source = with_unaligned_sources(source)
   if source.config != config.model:
     raise TrainingError(f"--init-from {init_from} holds a different network "
                         f"({source.config}) than the config's ({config.model})")
@@ -518,7 +529,8 @@ class _Validator:
     self._writer, self._is_main = writer, is_main
     self.scores: dict[int, dict[str, float]] = {}
     self._samples = self._full = None
-    full_frames = _FullFrames(graphdef, config.model.kernel_size, conv, config.prealign)
+    full_frames = _FullFrames(graphdef, config.model.kernel_size, conv, config.prealign,
+                              config.model.unaligned_sources)
     if is_main and data.has_validation and config.num_samples:
       self._samples = _Samples(full_frames, _sample_triplets(data.data_dir, config.num_samples),
                                workdir / "samples")
