@@ -94,3 +94,13 @@ def test_the_interpolator_gives_it_both_pairs():
   assert not np.allclose(out, expected, atol=1e-3)
   maps = Interpolator(dual).kernel_maps(first, second)
   assert len(maps) == 4 and maps[0].shape == (64, 96, dual.config.kernel_size)
+
+
+def test_a_fresh_network_starts_at_averaging_the_aligned_frames():
+  net = SepConvNet(SepConvConfig.tiny(frame_average_init=True, unaligned_sources=True),
+                   rngs=nnx.Rngs(0))
+  aligned0, aligned1, captured0, captured1 = _frames(4)
+  out = net(jnp.concatenate([aligned0, captured0], -1), jnp.concatenate([aligned1, captured1], -1),
+            conv=ConvOptions("float32"))
+  np.testing.assert_allclose(out, (aligned0 + aligned1) / 2, atol=0.01)
+

@@ -36,7 +36,7 @@ Unaligned sources (`SepConvConfig(unaligned_sources=True)`; not in the published
   subnets give kernels for the captured pair, so that where the optical flow went wrong the
   network can take its pixels from the frames the warp did not touch. The output sums the four
   sources (normalised over all four with `kernel_normalisation`). `with_unaligned_sources`
-  turns a trained two-source network into one that computes exactly what it did.
+  turns a network without them into one with them that computes exactly what it did.
 
 Architecture (the published one with `SepConvConfig()`; `channels` scales it down for tests):
   encoder  5 stacks of three 3x3 conv + ReLU: 6 -> 32 -> 64 -> 128 -> 256 -> 512, each followed by
@@ -335,6 +335,12 @@ class SepConvNet(nnx.Module):
     sources = 4 if config.unaligned_sources else 2
     self.vertical_subnets = nnx.List([subnet() for _ in range(sources)])
     self.horizontal_subnets = nnx.List([subnet() for _ in range(sources)])
+    if config.frame_average_init and config.unaligned_sources:
+      # Averaging the pre-aligned frames only: the captured frames' vertical kernels start at
+      # zero (as in `with_unaligned_sources`), not at a second pair of one-hots.
+      for captured in self.vertical_subnets[2:]:
+        for variable in (captured.output_conv.kernel, captured.output_conv.bias):
+          variable[...] = jnp.zeros_like(variable[...])
 
   def kernel_maps(self, frame0: jax.Array, frame1: jax.Array, *,
                   conv: ConvOptions = ConvOptions()) -> KernelMaps:
