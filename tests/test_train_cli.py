@@ -37,6 +37,7 @@ def _run(*args, timeout=300, cwd=REPO_ROOT):
     (["--workdir", "w", "--synthetic-objects", "1.5"], 1, "synthetic_objects must be in [0, 1]"),
     (["--workdir", "w", "--prealign", "2"], 2, "must be in [0, 1]"),
     (["--workdir", "w", "--unaligned-sources"], 1, "needs prealign > 0"),
+    (["--workdir", "w", "--unaligned-lr-scale", "10"], 1, "unaligned_lr_scale must be"),
 ])
 def test_usage_errors_are_one_line(tmp_path, args, code, message):
   done = _run(*[a if a != "w" else tmp_path / "w" for a in args])

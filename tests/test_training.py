@@ -434,6 +434,31 @@ def test_unaligned_sources_start_from_a_network_without_them(data_dir, tmp_path)
   assert model.config.unaligned_sources and metadata["info"]["train_config"]["prealign"] == 0.5
 
 
+def test_unaligned_lr_scale_multiplies_the_updates_of_what_only_the_captured_frames_use():
+  dual_model = dataclasses.replace(SepConvConfig.tiny(frame_average_init=True),
+                                   unaligned_sources=True)
+  config = configs.get_config("tiny").with_overrides(model=dual_model, prealign=0.5)
+  _, state = steps_lib.create_train_state(config)
+  grads = jax.tree.map(jnp.ones_like, state.params)
+  updates = {}
+  for scale in (1.0, 10.0):
+    scaled = config.with_overrides(unaligned_lr_scale=scale)
+    optimizer = steps_lib.make_optimizer(scaled)
+    out, _ = optimizer.update(grads, optimizer.init(state.params), state.params)
+    updates[scale] = {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(out)}
+  ratio = {path: updates[10.0][path] / updates[1.0][path] for path in updates[1.0]}
+  first = ratio[("encoder", 0, "convs", 0, "kernel")]
+  np.testing.assert_allclose(first[:, :, [3, 4, 5, 9, 10, 11]], 10.0, rtol=1e-5)
+  np.testing.assert_allclose(first[:, :, [0, 1, 2, 6, 7, 8]], 1.0, rtol=1e-5)
+  for path, value in ratio.items():
+    if path[0].endswith("_subnets"):
+      np.testing.assert_allclose(value, 10.0 if path[1] >= 2 else 1.0, rtol=1e-5)
+    elif path[:2] != ("encoder", 0):
+      np.testing.assert_allclose(value, 1.0, rtol=1e-5)
+  with pytest.raises(ValueError, match="unaligned_lr_scale"):
+    configs.get_config("tiny").with_overrides(unaligned_lr_scale=10.0)
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
   real = losses.get_loss
   config = tiny(data_dir, steps=6, checkpoint_every=2, num_samples=0, log_every=1,

@@ -98,6 +98,9 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
                       "take pixels from them where the flow went wrong (6 channels a frame, four "
                       "kernel pairs; --init-from a network without them starts it exactly where "
                       "that one was)")
+  p.add_argument("--unaligned-lr-scale", type=positive(float), metavar="X",
+                 help="with --unaligned-sources: X times the learning rate for what only the "
+                      "captured frames use (they start at zero; default 1)")
   length = p.add_mutually_exclusive_group()
   length.add_argument("--epochs", type=positive(int))
   length.add_argument("--steps", type=positive(int), help="total steps (instead of --epochs)")
@@ -169,7 +172,10 @@ def main(argv=None, prog: str = "sepconv train") -> int:
   from sepconv_jax.inference.media import one_line  # pylint: disable=import-outside-toplevel
   from sepconv_jax.training import configs, loop  # pylint: disable=import-outside-toplevel
   try:
-    config = configs.get_config(args.config).with_overrides(
+    config = configs.get_config(args.config)
+    config = config.with_overrides(
+        model=(dataclasses.replace(config.model, unaligned_sources=True)
+               if args.unaligned_sources else None),
         data_dir=args.data, loss=args.loss, nu=args.nu, vgg_weights=args.vgg_weights,
         learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
         min_scale=args.min_scale, alternate_crop_size=args.alternate_crop_size,
@@ -177,6 +183,7 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         synthetic_objects=args.synthetic_objects,
         all_orientations=args.all_orientations or None,
         channel_permutation=args.channel_permutation or None, prealign=args.prealign,
+        unaligned_lr_scale=args.unaligned_lr_scale,
         warmup_steps=args.warmup_steps,
         decay_start=args.decay and args.decay[0], decay_end=args.decay and args.decay[1],
         final_learning_rate=args.final_lr,
@@ -188,9 +195,6 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         centroid_steps=args.centroid_steps, centroid_flows=args.centroid_flows,
         ema_decay=args.ema_decay,
         precision=None if args.precision in (None, "auto") else args.precision)
-    if args.unaligned_sources:
-      config = dataclasses.replace(
-          config, model=dataclasses.replace(config.model, unaligned_sources=True))
     if args.epochs is not None:  # --epochs given: the config's step count must not win
       config = dataclasses.replace(config, steps=None)
     result = loop.train(config, args.workdir, resume=args.resume, init_from=args.init_from,

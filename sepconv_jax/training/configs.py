@@ -89,6 +89,11 @@ class TrainConfig:
       `align` set to the same strength (`recommended_align` reads it from the checkpoint). The
       full validation's kernel figures still measure against the whole motion. 0: off. A
       network with `unaligned_sources` (`SepConvConfig`) gets the captured frames as well.
+    unaligned_lr_scale: The learning rate of what only those captured frames use (their
+      channels of the encoder's first convolution, their kernel subnets) times this
+      (`steps.unaligned_update_scales`): started at zero from a network without them, they see a
+      rare signal (where the flow fails), and AdaMax, whose steps shrink after a large gradient,
+      moves them slowly. 1: the plain optimizer.
     epochs, steps: Length of the run. `steps` wins when set; otherwise `epochs` epochs of
       `steps_per_epoch` steps (by default the training split's size // batch_size).
     seed: Fixes the initialisation, the data order and augmentation, and the state's RNG.
@@ -146,6 +151,7 @@ class TrainConfig:
   all_orientations: bool = False
   channel_permutation: bool = False
   prealign: float = 0.0
+  unaligned_lr_scale: float = 1.0
   epochs: int = 50
   steps: int | None = None
   steps_per_epoch: int | None = None
@@ -217,6 +223,10 @@ class TrainConfig:
       raise ValueError(f"synthetic_objects must be in [0, 1], got {self.synthetic_objects}")
     if not 0.0 <= self.prealign <= 1.0:
       raise ValueError(f"prealign must be in [0, 1], got {self.prealign}")
+    if self.unaligned_lr_scale <= 0 or (self.unaligned_lr_scale != 1.0
+                                        and not self.model.unaligned_sources):
+      raise ValueError(f"unaligned_lr_scale must be positive, and 1 for a network without "
+                       f"unaligned sources, got {self.unaligned_lr_scale}")
     if self.model.unaligned_sources and not self.prealign:
       raise ValueError("a network with unaligned sources needs prealign > 0 (without "
                        "pre-alignment both of its sources are the same frames)")

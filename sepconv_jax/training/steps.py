@@ -102,12 +102,49 @@ def adamax(learning_rate: float, b1: float, b2: float, eps: float, warmup_steps:
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   """AdaMax as `config` sets it; one object per distinct setting (so jitted steps built with it
   can be cached and reused by later runs of the same configuration in a process)."""
-  return _cached_adamax(**{name: getattr(config, name) for name in _OPTIMIZER_FIELDS})
+  optimizer = _cached_adamax(**{name: getattr(config, name) for name in _OPTIMIZER_FIELDS})
+  if config.unaligned_lr_scale == 1.0:  # the plain optimizer state, as runs before the option
+    return optimizer
+  return _cached_scaled(optimizer, config.model, config.unaligned_lr_scale)
 
 
 _OPTIMIZER_FIELDS = ("learning_rate", "b1", "b2", "eps", "warmup_steps", "decay_start",
                      "decay_end", "final_learning_rate")
 _cached_adamax = functools.lru_cache(maxsize=16)(adamax)
+
+
+def unaligned_update_scales(model_config, scale: float) -> nnx.State:
+  """Per-parameter multipliers of the updates: `scale` for what only the captured frames of a
+  network with unaligned sources use (their channels of the encoder's first convolution, their
+  kernel subnets), 1 elsewhere; arrays where a parameter is split, scalars otherwise."""
+  abstract = nnx.split(nnx.eval_shape(lambda: SepConvNet(model_config, rngs=nnx.Rngs(0))),
+                       nnx.Param)[1]
+
+  def multiplier(path, leaf):
+    names = tuple(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))
+                  for key in path)
+    if names[:4] == ("encoder", 0, "convs", 0) and names[4] == "kernel":
+      # Input channels: frame 0 pre-aligned, captured; frame 1 pre-aligned, captured.
+      channels = np.ones(leaf.shape[2], np.float32)
+      channels[3:6] = channels[9:12] = scale
+      return jnp.asarray(channels[None, None, :, None])
+    if names[0] in ("vertical_subnets", "horizontal_subnets") and names[1] >= 2:
+      return jnp.float32(scale)
+    return jnp.float32(1.0)
+
+  return jax.tree_util.tree_map_with_path(multiplier, abstract)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_scaled(optimizer, model_config, scale: float) -> optax.GradientTransformation:
+  """`optimizer`, then its updates multiplied by `unaligned_update_scales`."""
+  if not model_config.unaligned_sources:
+    raise ValueError("unaligned_lr_scale needs a network with unaligned sources")
+  scales = unaligned_update_scales(model_config, scale)
+  multiply = optax.GradientTransformation(
+      lambda params: optax.EmptyState(),
+      lambda updates, state, params=None: (jax.tree.map(jnp.multiply, updates, scales), state))
+  return optax.chain(optimizer, multiply)
 
 
 # The initialisation is a one-off program of random draws: XLA's optimisation passes cost far more
