@@ -74,6 +74,12 @@ PUBLISHED_KERNEL_SIZE = 51
 # is nearly zero the division would blow up, so SepConv++ divides by 1 there instead.
 _NORMALISATION_EPSILON = 0.01
 
+# With unaligned sources, the encoder's input channels are frame 0 pre-aligned, frame 0 captured,
+# frame 1 pre-aligned, frame 1 captured; subnets from this index on are the captured frames'.
+ALIGNED_INPUT_CHANNELS = (slice(0, 3), slice(6, 9))
+CAPTURED_INPUT_CHANNELS = (slice(3, 6), slice(9, 12))
+FIRST_CAPTURED_SUBNET = 2
+
 # "Start at frame averaging": the last conv of each subnet gets weights this small, so that its
 # bias (a centred one-hot) dominates, while gradients still reach every layer from the first step.
 _FRAME_AVERAGE_WEIGHT_STDDEV = 1e-4
@@ -338,7 +344,7 @@ class SepConvNet(nnx.Module):
     if config.frame_average_init and config.unaligned_sources:
       # Averaging the pre-aligned frames only: the captured frames' vertical kernels start at
       # zero (as in `with_unaligned_sources`), not at a second pair of one-hots.
-      for captured in self.vertical_subnets[2:]:
+      for captured in self.vertical_subnets[FIRST_CAPTURED_SUBNET:]:
         for variable in (captured.output_conv.kernel, captured.output_conv.bias):
           variable[...] = jnp.zeros_like(variable[...])
 
@@ -433,13 +439,16 @@ def with_unaligned_sources(model: SepConvNet) -> SepConvNet:
     if path in flat_source:
       value = flat_source[path][...]
       if path[:4] == ("encoder", 0, "convs", 0) and path[-1] == "kernel":
-        # Channels: frame 0 (pre-aligned, captured), frame 1 (pre-aligned, captured).
-        zeros = jnp.zeros_like(value[:, :, :3])
-        value = jnp.concatenate([value[:, :, :3], zeros, value[:, :, 3:], zeros], axis=2)
+        # The frames' input weights go to the pre-aligned frames' channels, zeros elsewhere.
+        kernel = jnp.zeros(variable.shape, value.dtype)
+        for channels, frame in zip(ALIGNED_INPUT_CHANNELS, (slice(0, 3), slice(3, 6))):
+          kernel = kernel.at[:, :, channels].set(value[:, :, frame])
+        value = kernel
     else:  # a captured frame's subnet: a copy of the pre-aligned frame's (its own buffer, so
       # that a training step may donate both)
       name, index = path[0], path[1]
-      value = jnp.array(flat_source[(name, index - 2) + path[2:]][...], copy=True)
+      value = jnp.array(flat_source[(name, index - FIRST_CAPTURED_SUBNET) + path[2:]][...],
+                        copy=True)
       if name == "vertical_subnets" and path[2] == "output_conv":
         value = jnp.zeros_like(value)
     if value.shape != variable.shape:

@@ -34,7 +34,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pallas_kernels.conv import xla_compiler_options
 from sepconv_jax.training import metrics as metrics_lib
-from sepconv_jax.network.model import ConvOptions, SepConvNet
+from sepconv_jax.network.model import (CAPTURED_INPUT_CHANNELS, FIRST_CAPTURED_SUBNET,
+                                       ConvOptions, SepConvNet)
 from sepconv_jax.training import losses
 from sepconv_jax.training.configs import TrainConfig
 
@@ -124,11 +125,12 @@ def unaligned_update_scales(model_config, scale: float) -> nnx.State:
     names = tuple(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))
                   for key in path)
     if names[:4] == ("encoder", 0, "convs", 0) and names[4] == "kernel":
-      # Input channels: frame 0 pre-aligned, captured; frame 1 pre-aligned, captured.
       channels = np.ones(leaf.shape[2], np.float32)
-      channels[3:6] = channels[9:12] = scale
+      for captured in CAPTURED_INPUT_CHANNELS:
+        channels[captured] = scale
       return jnp.asarray(channels[None, None, :, None])
-    if names[0] in ("vertical_subnets", "horizontal_subnets") and names[1] >= 2:
+    if (names[0] in ("vertical_subnets", "horizontal_subnets")
+        and names[1] >= FIRST_CAPTURED_SUBNET):
       return jnp.float32(scale)
     return jnp.float32(1.0)
 
@@ -138,8 +140,6 @@ def unaligned_update_scales(model_config, scale: float) -> nnx.State:
 @functools.lru_cache(maxsize=16)
 def _cached_scaled(optimizer, model_config, scale: float) -> optax.GradientTransformation:
   """`optimizer`, then its updates multiplied by `unaligned_update_scales`."""
-  if not model_config.unaligned_sources:
-    raise ValueError("unaligned_lr_scale needs a network with unaligned sources")
   scales = unaligned_update_scales(model_config, scale)
   multiply = optax.GradientTransformation(
       lambda params: optax.EmptyState(),
