@@ -11,15 +11,20 @@ from sepconv_jax import SepConvConfig, SepConvNet, save_model
 from sepconv_jax.inference.interpolator import Interpolator, TileSettings
 
 
-@pytest.fixture(scope="module")
-def model():
-  """A tiny network that starts at frame averaging, with its kernels' last layer perturbed so that
-  the output depends on image content (a plain tiny init outputs nearly zero everywhere)."""
-  net = SepConvNet(SepConvConfig.tiny(frame_average_init=True), rngs=nnx.Rngs(0))
+def perturbed(config: SepConvConfig, seed: int = 0) -> SepConvNet:
+  """A tiny network with its kernels' last layer perturbed so that the output depends on image
+  content (a plain tiny init outputs nearly zero everywhere)."""
+  net = SepConvNet(config, rngs=nnx.Rngs(seed))
   for index, subnet in enumerate([*net.vertical_subnets, *net.horizontal_subnets]):
     kernel = subnet.output_conv.kernel
     kernel[...] = jax.random.normal(jax.random.PRNGKey(index), kernel[...].shape) * 0.05
   return net
+
+
+@pytest.fixture(scope="module")
+def model():
+  """A tiny network that starts at frame averaging, perturbed (`perturbed`)."""
+  return perturbed(SepConvConfig.tiny(frame_average_init=True))
 
 
 def _pattern(height, width, shift=0):

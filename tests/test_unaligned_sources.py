@@ -15,15 +15,7 @@ from sepconv_jax.network.model import (ConvOptions, SepConvConfig, SepConvNet, c
                                        with_unaligned_sources)
 from sepconv_jax.network.padding import run_padded
 from tests.test_alignment import _textured
-
-
-def _perturbed(config: SepConvConfig, seed: int = 0) -> SepConvNet:
-  """A tiny network whose kernels depend on the image (as in test_interpolator's fixture)."""
-  net = SepConvNet(config, rngs=nnx.Rngs(seed))
-  for index, subnet in enumerate([*net.vertical_subnets, *net.horizontal_subnets]):
-    kernel = subnet.output_conv.kernel
-    kernel[...] = jax.random.normal(jax.random.PRNGKey(index), kernel[...].shape) * 0.05
-  return net
+from tests.test_interpolator import perturbed as _perturbed
 
 
 def _frames(count, shape=(2, 64, 64, 3)):

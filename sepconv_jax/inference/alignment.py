@@ -50,3 +50,13 @@ def prealign(frame0: np.ndarray, frame1: np.ndarray, strength: float
     aligned0[index], aligned1[index] = align_to_middle(first, second, strength,
                                                        downscale=downscale)
   return aligned0, aligned1
+
+
+def network_frames(aligned0, aligned1, captured0, captured1, unaligned_sources: bool):
+  """The network's input frames (B, H, W, C): the (pre-aligned) frames, followed on channels by
+  the captured ones for a network with unaligned sources (`SepConvConfig.unaligned_sources`)."""
+  if not unaligned_sources:
+    return aligned0, aligned1
+  return (np.concatenate([aligned0, captured0], axis=-1),
+          np.concatenate([aligned1, captured1], axis=-1))
+

@@ -45,7 +45,7 @@ import numpy as np
 from flax import nnx
 
 from pallas_kernels.conv import describe as describe_conv, xla_compiler_options
-from sepconv_jax.inference.alignment import prealign
+from sepconv_jax.inference.alignment import network_frames, prealign
 from sepconv_jax.network.checkpoint import load_model, recommended_align
 from sepconv_jax.network.model import ConvOptions, KernelMaps, SepConvNet
 from sepconv_jax.network.padding import DEFAULT_POLICY, POLICIES, run_padded
@@ -217,20 +217,11 @@ class Interpolator:
     captured = frame0, frame1
     if self.align:
       frame0, frame1 = self._prealign(frame0, frame1)
-    frame0, frame1 = self._network_frames(frame0, frame1, *captured)
+    frame0, frame1 = network_frames(frame0, frame1, *captured, self.config.unaligned_sources)
     height, width = frame0.shape[1:3]
     if self.max_untiled_pixels is not None and height * width > self.max_untiled_pixels:
       return self._interpolate_tiled(frame0, frame1)
     return self._interpolate_padded(frame0, frame1)
-
-  def _network_frames(self, aligned0: jax.Array, aligned1: jax.Array, captured0: jax.Array,
-                      captured1: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The network's input frames: the (pre-aligned) frames, followed on channels by the captured
-    ones for a network with unaligned sources (`SepConvConfig.unaligned_sources`)."""
-    if not self.config.unaligned_sources:
-      return aligned0, aligned1
-    return (jnp.concatenate([aligned0, captured0], axis=-1),
-            jnp.concatenate([aligned1, captured1], axis=-1))
 
   def _prealign(self, frame0: jax.Array, frame1: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`alignment.prealign` on the host, whole frames (before any tiling), in RGB order."""
@@ -315,7 +306,8 @@ class Interpolator:
     (here not pre-aligned) first pair of sources.
     """
     frame0, frame1, single, _, _ = self._model_frames(first, second)
-    frame0, frame1 = self._network_frames(frame0, frame1, frame0, frame1)
+    frame0, frame1 = network_frames(frame0, frame1, frame0, frame1,
+                                    self.config.unaligned_sources)
     maps = run_padded(functools.partial(self._kernel_network, self._state), frame0, frame1,
                       policy=self.padding, kernel_size=self.config.kernel_size)
     return KernelMaps(*(np.asarray(m[0] if single else m, np.float32) for m in maps))

@@ -320,10 +320,9 @@ class _FullFrames:
     # One local copy of the replicated parameters (`params` may be sharded over the mesh).
     local = jax.tree.map(lambda a: a.addressable_data(0), params)
     captured = [f[None].astype(np.float32) / 255.0 for f in (x0, x1)]
-    a, b = alignment.prealign(*captured, self._prealign)
-    if self._unaligned_sources:
-      a, b = (np.concatenate([f, c], axis=-1) for f, c in zip((a, b), captured))
-    a, b = jnp.asarray(a), jnp.asarray(b)
+    aligned = alignment.prealign(*captured, self._prealign)
+    a, b = (jnp.asarray(f) for f in alignment.network_frames(*aligned, *captured,
+                                                             self._unaligned_sources))
     out = run_padded(functools.partial(self._net[kernels], local), a, b, policy=SAMPLE_PADDING,
                      kernel_size=self._kernel_size)
     middle, maps = out if kernels else (out, None)
