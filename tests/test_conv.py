@@ -150,6 +150,27 @@ def test_vmap_matches_a_loop(impl):
   np.testing.assert_allclose(batched, fn(x, kernel, bias), rtol=1e-5, atol=1e-5)
 
 
+@ONEDNN
+@pytest.mark.parametrize("precision", conv.PRECISIONS)
+def test_concurrent_calls_share_the_thread_budget(precision):
+  # Independent convolutions, which XLA runs at the same time, and their gradients, from several
+  # Python threads at once: every call leases threads from one budget (waiting while none are
+  # free), so none may hang or see another's threads, and each result is the one computed alone.
+  import concurrent.futures  # pylint: disable=import-outside-toplevel
+  cases = [(2, 9, 7, 6, 32, 3, 3), (1, 12, 10, 51, 51, 3, 3), (2, 6, 11, 5, 7, 5, 3)]
+  fn = functools.partial(conv.conv2d, precision=precision, impl="onednn")
+  operands = [_operands(case, seed) for seed, case in enumerate(cases)]
+  together = jax.jit(lambda ops: [_value_and_grads(fn, *o) for o in ops])
+  alone = [jax.jit(functools.partial(_value_and_grads, fn))(*o) for o in operands]
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    runs = [pool.submit(lambda: jax.block_until_ready(together(operands))) for _ in range(4)]
+    results = [run.result(timeout=300) for run in runs]
+  for result in results:
+    for case, actual, expected in zip(cases, result, alone):
+      for a, e in zip(actual, expected):
+        _assert_close(a, e, TOLERANCE["bfloat16 vs rounded"], f"{precision} {case}")
+
+
 def test_rejects_bad_arguments():
   x, kernel, bias, _ = _operands((1, 4, 4, 3, 2, 3, 3))
   with pytest.raises(ValueError, match="do not fit"):

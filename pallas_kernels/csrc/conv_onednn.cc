@@ -26,8 +26,14 @@
 // one JIT-compiles its kernel (milliseconds), running it costs nothing extra. Every call gets its
 // own scratchpad (user scratchpad mode), so one primitive may run from several threads at once (the
 // data-parallel shard_map calls a handler from one XLA thread per device). Threads come from
-// oneDNN's OpenMP runtime; OMP_NUM_THREADS caps them.
+// oneDNN's OpenMP runtime: each call runs on the threads it leases from one process-wide budget
+// (`ThreadBudget`: OMP_NUM_THREADS, else the CPU count; the attribute `threads` asks for at most
+// that many, 0 for all), so that calls XLA runs at the same time never oversubscribe the cores.
 
+#include <omp.h>
+
+#include <algorithm>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -58,6 +64,9 @@ enum class Pass : int { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 // The shape of one convolution: everything a primitive depends on.
 struct ConvShape {
   int64_t n, h, w, ci, co, kh, kw;
+  // The OpenMP threads the primitive runs on (oneDNN partitions its work for the thread count at
+  // creation, so a primitive is built per count).
+  int threads = 1;
   memory::data_type operand;  // f32 or bf16
   // The forward pass's y (f32 or bf16) and whether ReLU follows the bias; the backward passes
   // are always built from the plain float32-result forward.
@@ -71,8 +80,8 @@ struct ConvShape {
   memory::dims Padding() const { return {(kh - 1) / 2, (kw - 1) / 2}; }
 };
 
-using Key =
-    std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool>;
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int,
+                       int, bool, int>;
 
 struct KeyHash {
   size_t operator()(const Key& key) const {
@@ -88,7 +97,7 @@ struct KeyHash {
 
 Key MakeKey(Pass pass, const ConvShape& s) {
   return {static_cast<int>(pass), s.n, s.h, s.w, s.ci, s.co, s.kh, s.kw,
-          static_cast<int>(s.operand), static_cast<int>(s.result), s.relu};
+          static_cast<int>(s.operand), static_cast<int>(s.result), s.relu, s.threads};
 }
 
 // A built primitive and the weights layout it reads or writes (possibly blocked).
@@ -167,6 +176,60 @@ const Plan& GetPlan(Pass pass, const ConvShape& s) {
   return *it->second;
 }
 
+// The threads all oneDNN calls of the process may use at once: OMP_NUM_THREADS, else the CPU count.
+// XLA runs independent operations concurrently (the backward pass's input and weight gradients,
+// the kernel subnets), each on a thread of its own pool, and each call here would otherwise start
+// a full OpenMP team: two teams on two cores wait on each other's barriers, which made bfloat16
+// train steps on AMX 1.3-5x slower and erratic. So a call leases threads from this budget (as many
+// as it asks for that are free, at least one, waiting while none is) and runs on those alone.
+class ThreadBudget {
+ public:
+  static ThreadBudget& Get() {
+    static ThreadBudget budget(std::max(1, omp_get_max_threads()));
+    return budget;
+  }
+  int total() const { return total_; }
+  int Acquire(int wanted) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    available_.wait(lock, [this] { return free_ > 0; });
+    const int threads = std::clamp(wanted, 1, free_);
+    free_ -= threads;
+    return threads;
+  }
+  void Release(int threads) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      free_ += threads;
+    }
+    available_.notify_all();
+  }
+
+ private:
+  explicit ThreadBudget(int total) : total_(total), free_(total) {}
+  const int total_;
+  int free_;
+  std::mutex mutex_;
+  std::condition_variable available_;
+};
+
+// Threads leased for one call (`wanted` 0: all of the budget), set as the calling thread's
+// OpenMP team size for the primitive's creation and execution; returned when it goes out of scope.
+class ThreadLease {
+ public:
+  explicit ThreadLease(int64_t wanted)
+      : threads_(ThreadBudget::Get().Acquire(
+            wanted > 0 ? static_cast<int>(wanted) : ThreadBudget::Get().total())) {
+    omp_set_num_threads(threads_);
+  }
+  ~ThreadLease() { ThreadBudget::Get().Release(threads_); }
+  ThreadLease(const ThreadLease&) = delete;
+  ThreadLease& operator=(const ThreadLease&) = delete;
+  int threads() const { return threads_; }
+
+ private:
+  const int threads_;
+};
+
 memory::desc UserWeights(const ConvShape& s, memory::data_type type) {
   return memory::desc(s.WeightDims(), type, Tag::hwio);
 }
@@ -234,7 +297,7 @@ ffi::Error Guarded(F&& body) {
 }
 
 ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer weights, ffi::Buffer<ffi::F32> bias,
-                       ffi::Result<ffi::AnyBuffer> y, int64_t relu) {
+                       ffi::Result<ffi::AnyBuffer> y, int64_t relu, int64_t threads) {
   ConvShape s;
   if (auto e = ReadShape(x, weights.dimensions(), true, &s); e.failure()) return e;
   memory::data_type weight_type;
@@ -246,6 +309,8 @@ ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer weights, ffi::Buffer<ffi
   s.relu = relu != 0;
   advise_huge_pages(y->untyped_data(), y->size_bytes());
   return Guarded([&] {
+    ThreadLease lease(threads);
+    s.threads = lease.threads();
     const Plan& plan = GetPlan(Pass::kForward, s);
     Execute(plan,
             {{DNNL_ARG_SRC, memory(Activations(s.SrcDims(), s.operand), Engine(), x.untyped_data())},
@@ -258,13 +323,15 @@ ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer weights, ffi::Buffer<ffi
 }
 
 ffi::Error BackwardDataImpl(ffi::AnyBuffer g, ffi::AnyBuffer weights,
-                            ffi::Result<ffi::Buffer<ffi::F32>> dx) {
+                            ffi::Result<ffi::Buffer<ffi::F32>> dx, int64_t threads) {
   ConvShape s;
   if (auto e = ReadShape(g, weights.dimensions(), false, &s); e.failure()) return e;
   memory::data_type weight_type;
   if (auto e = OperandType(weights.element_type(), &weight_type); e.failure()) return e;
   advise_huge_pages(dx->untyped_data(), dx->size_bytes());
   return Guarded([&] {
+    ThreadLease lease(threads);
+    s.threads = lease.threads();
     const Plan& plan = GetPlan(Pass::kBackwardData, s);
     Execute(plan,
             {{DNNL_ARG_DIFF_DST,
@@ -276,13 +343,15 @@ ffi::Error BackwardDataImpl(ffi::AnyBuffer g, ffi::AnyBuffer weights,
 }
 
 ffi::Error BackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer g,
-                               ffi::Result<ffi::Buffer<ffi::F32>> dweights) {
+                               ffi::Result<ffi::Buffer<ffi::F32>> dweights, int64_t threads) {
   ConvShape s;
   if (auto e = ReadShape(x, dweights->dimensions(), true, &s); e.failure()) return e;
   if (g.element_type() != x.element_type()) {
     return ffi::Error::InvalidArgument("conv_onednn: x and g must have the same dtype");
   }
   return Guarded([&] {
+    ThreadLease lease(threads);
+    s.threads = lease.threads();
     const Plan& plan = GetPlan(Pass::kBackwardWeights, s);
     Execute(plan,
             {{DNNL_ARG_SRC, memory(Activations(s.SrcDims(), s.operand), Engine(), x.untyped_data())},
@@ -304,16 +373,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, ForwardImpl,
                                   .Arg<ffi::AnyBuffer>()          // weights (KH, KW, Ci, Co)
                                   .Arg<ffi::Buffer<ffi::F32>>()   // bias (Co)
                                   .Ret<ffi::AnyBuffer>()          // y (N, H, W, Co)
-                                  .Attr<int64_t>("relu"));        // 1: max(y, 0)
+                                  .Attr<int64_t>("relu")          // 1: max(y, 0)
+                                  .Attr<int64_t>("threads"));     // at most; 0: all
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, BackwardDataImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()          // g (N, H, W, Co)
                                   .Arg<ffi::AnyBuffer>()          // weights (KH, KW, Ci, Co)
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // dx (N, H, W, Ci)
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dx (N, H, W, Ci)
+                                  .Attr<int64_t>("threads"));     // at most; 0: all
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, BackwardWeightsImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()          // x (N, H, W, Ci)
                                   .Arg<ffi::AnyBuffer>()          // g (N, H, W, Co)
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // dweights (KH, KW, Ci, Co)
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dweights (KH, KW, Ci, Co)
+                                  .Attr<int64_t>("threads"));     // at most; 0: all
