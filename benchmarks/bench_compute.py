@@ -20,7 +20,9 @@ Paths (`pallas_kernels.conv`; the compiler options are per computation, XLA_FLAG
                    CPU has them; the default where it does)
   onednn-bf16 fwd  the same, forward only (`ConvOptions.forward_only`, as the Interpolator runs):
                    ReLU fused into each convolution, and bfloat16 results where they only feed
-                   the next one (in "layers", every forward call so; not in "train" or "e2e")
+                   the next one (in "layers", every forward call so, and x comes in bfloat16,
+                   as the previous layer writes it and as PyTorch's bfloat16 gets it; not in
+                   "train" or "e2e")
 Parts (`--parts`):
   layers    every distinct convolution of the U-Net, with how often it occurs: at 640x480
             inference (640x512 padded, batch 1, forward) and in the `cpu` recipe's train step
@@ -178,6 +180,15 @@ def _torch_conv_fns(shape, backward: bool):
   return fns
 
 
+def _layer_operands(args, options: ConvOptions):
+  """A layer's arguments for one path: a forward-only path gets x in the dtype its result
+  dtype would hand the next convolution (bfloat16 with bfloat16 precision), as in the network,
+  where the previous convolution writes it or XLA fuses the cast into the op that makes it; and as
+  PyTorch's bfloat16 convolution gets it. Every other path gets float32 x and casts it itself."""
+  dtype = options.result_dtype(feeds_conv=True)
+  return (args[0].astype(dtype),) + tuple(args[1:])
+
+
 def bench_layers(paths, repeats: int, torch_ok: bool) -> dict:
   model = nnx.eval_shape(lambda: SepConvNet(SepConvConfig(), rngs=nnx.Rngs(0)))
   results = {}
@@ -202,7 +213,7 @@ def bench_layers(paths, repeats: int, torch_ok: bool) -> dict:
       fns = {}
       for name, (options, compiler_options) in layer_paths.items():
         fn = _conv_fn(options, compiler_options, backward)
-        fns[name] = lambda fn=fn: jax.block_until_ready(fn(*args))
+        fns[name] = lambda fn=fn, a=_layer_operands(args, options): jax.block_until_ready(fn(*a))
       if torch_ok:
         fns.update(_torch_conv_fns(shape, backward))
       times = {k: min(v) for k, v in _timed_rounds(fns, repeats).items()}
