@@ -143,22 +143,22 @@ def bfloat16_faster() -> bool:
   return onednn_available() and cpu_isa() in _BFLOAT16_FASTER_ISAS
 
 
-# OpenMP threads per call (0: all; the glue's thread budget keeps concurrent calls within the
-# cores). A forward convolution mostly runs alone (the U-Net is a chain), so it takes every core.
-# The backward pass's input and weight gradients are independent and XLA runs them at the same
-# time, one per thread of its pool: one thread each keeps both cores busy without the teams
-# waiting on each other. Measured on AMX, 2 cores, bfloat16 `cpu`-recipe train step: 0.38-0.45 s
-# with one-thread gradients against 0.46-0.65 s with whole-budget ones (and 0.49-2.0 s with no
-# budget); the same with one-thread forwards, but those make inference 1.3x slower.
-_FORWARD_THREADS = 0
-_BACKWARD_THREADS = 1
+# The share of the cores (1/n of the glue's thread budget, which keeps concurrent calls within
+# them) each call asks for. A forward convolution mostly runs alone (the U-Net is a chain), so it
+# takes them all. The backward pass's input and weight gradients are independent and XLA runs them
+# at the same time: half each keeps the cores busy without the teams waiting on each other.
+# Measured on AMX, 2 cores, bfloat16 `cpu`-recipe train step: 0.38-0.45 s with half-budget
+# gradients against 0.46-0.65 s with whole-budget ones (and 0.49-2.0 s with no budget); the same
+# with half-budget forwards, but those make inference 1.3x slower.
+_FORWARD_SHARE = 1
+_BACKWARD_SHARE = 2
 
 
 def _forward_call(x, kernel, bias, relu=False, result_dtype=jnp.float32):
   out = jax.ShapeDtypeStruct(x.shape[:3] + kernel.shape[3:], result_dtype)
   return jax.ffi.ffi_call("sepconv_jax_onednn_conv_forward", out,
                           vmap_method="sequential")(x, kernel, bias, relu=int(relu),
-                                                    threads=_FORWARD_THREADS)
+                                                    thread_share=_FORWARD_SHARE)
 
 
 def _operand(value, operand_dtype, rounded):
@@ -213,10 +213,12 @@ def _conv_bwd(operand_dtype, rounded, relu, result_dtype, dtypes, residuals, g):
   g_op = _operand(g, operand_dtype, rounded)
   d_x = jax.ffi.ffi_call("sepconv_jax_onednn_conv_backward_data",
                          jax.ShapeDtypeStruct(x_op.shape, jnp.float32),
-                         vmap_method="sequential")(g_op, kernel_op, threads=_BACKWARD_THREADS)
+                         vmap_method="sequential")(g_op, kernel_op,
+                                                   thread_share=_BACKWARD_SHARE)
   d_kernel = jax.ffi.ffi_call("sepconv_jax_onednn_conv_backward_weights",
                               jax.ShapeDtypeStruct(kernel_op.shape, jnp.float32),
-                              vmap_method="sequential")(x_op, g_op, threads=_BACKWARD_THREADS)
+                              vmap_method="sequential")(x_op, g_op,
+                                                        thread_share=_BACKWARD_SHARE)
   d_bias = jnp.sum(g.astype(jnp.float32), axis=(0, 1, 2))
   return d_x.astype(x_dtype), d_kernel.astype(kernel_dtype), d_bias.astype(bias_dtype)
 

@@ -27,8 +27,8 @@
 // own scratchpad (user scratchpad mode), so one primitive may run from several threads at once (the
 // data-parallel shard_map calls a handler from one XLA thread per device). Threads come from
 // oneDNN's OpenMP runtime: each call runs on the threads it leases from one process-wide budget
-// (`ThreadBudget`: OMP_NUM_THREADS, else the CPU count; the attribute `threads` asks for at most
-// that many, 0 for all), so that calls XLA runs at the same time never oversubscribe the cores.
+// (`ThreadBudget`: OMP_NUM_THREADS, else the CPU count; the attribute `thread_share` n asks for
+// 1/n of it), so that calls XLA runs at the same time never oversubscribe the cores.
 
 #include <omp.h>
 
@@ -212,13 +212,14 @@ class ThreadBudget {
   std::condition_variable available_;
 };
 
-// Threads leased for one call (`wanted` 0: all of the budget), set as the calling thread's
-// OpenMP team size for the primitive's creation and execution; returned when it goes out of scope.
+// Threads leased for one call (1/`share` of the budget, at least one), set as the calling
+// thread's OpenMP team size for the primitive's creation and execution; returned when it goes out
+// of scope.
 class ThreadLease {
  public:
-  explicit ThreadLease(int64_t wanted)
-      : threads_(ThreadBudget::Get().Acquire(
-            wanted > 0 ? static_cast<int>(wanted) : ThreadBudget::Get().total())) {
+  explicit ThreadLease(int64_t share)
+      : threads_(ThreadBudget::Get().Acquire(static_cast<int>(
+            ThreadBudget::Get().total() / std::max<int64_t>(share, 1)))) {
     omp_set_num_threads(threads_);
   }
   ~ThreadLease() { ThreadBudget::Get().Release(threads_); }
@@ -297,7 +298,7 @@ ffi::Error Guarded(F&& body) {
 }
 
 ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer weights, ffi::Buffer<ffi::F32> bias,
-                       ffi::Result<ffi::AnyBuffer> y, int64_t relu, int64_t threads) {
+                       ffi::Result<ffi::AnyBuffer> y, int64_t relu, int64_t thread_share) {
   ConvShape s;
   if (auto e = ReadShape(x, weights.dimensions(), true, &s); e.failure()) return e;
   memory::data_type weight_type;
@@ -309,7 +310,7 @@ ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer weights, ffi::Buffer<ffi
   s.relu = relu != 0;
   advise_huge_pages(y->untyped_data(), y->size_bytes());
   return Guarded([&] {
-    ThreadLease lease(threads);
+    ThreadLease lease(thread_share);
     s.threads = lease.threads();
     const Plan& plan = GetPlan(Pass::kForward, s);
     Execute(plan,
@@ -323,14 +324,14 @@ ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer weights, ffi::Buffer<ffi
 }
 
 ffi::Error BackwardDataImpl(ffi::AnyBuffer g, ffi::AnyBuffer weights,
-                            ffi::Result<ffi::Buffer<ffi::F32>> dx, int64_t threads) {
+                            ffi::Result<ffi::Buffer<ffi::F32>> dx, int64_t thread_share) {
   ConvShape s;
   if (auto e = ReadShape(g, weights.dimensions(), false, &s); e.failure()) return e;
   memory::data_type weight_type;
   if (auto e = OperandType(weights.element_type(), &weight_type); e.failure()) return e;
   advise_huge_pages(dx->untyped_data(), dx->size_bytes());
   return Guarded([&] {
-    ThreadLease lease(threads);
+    ThreadLease lease(thread_share);
     s.threads = lease.threads();
     const Plan& plan = GetPlan(Pass::kBackwardData, s);
     Execute(plan,
@@ -343,14 +344,15 @@ ffi::Error BackwardDataImpl(ffi::AnyBuffer g, ffi::AnyBuffer weights,
 }
 
 ffi::Error BackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer g,
-                               ffi::Result<ffi::Buffer<ffi::F32>> dweights, int64_t threads) {
+                               ffi::Result<ffi::Buffer<ffi::F32>> dweights,
+                               int64_t thread_share) {
   ConvShape s;
   if (auto e = ReadShape(x, dweights->dimensions(), true, &s); e.failure()) return e;
   if (g.element_type() != x.element_type()) {
     return ffi::Error::InvalidArgument("conv_onednn: x and g must have the same dtype");
   }
   return Guarded([&] {
-    ThreadLease lease(threads);
+    ThreadLease lease(thread_share);
     s.threads = lease.threads();
     const Plan& plan = GetPlan(Pass::kBackwardWeights, s);
     Execute(plan,
@@ -374,18 +376,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, ForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()   // bias (Co)
                                   .Ret<ffi::AnyBuffer>()          // y (N, H, W, Co)
                                   .Attr<int64_t>("relu")          // 1: max(y, 0)
-                                  .Attr<int64_t>("threads"));     // at most; 0: all
+                                  .Attr<int64_t>("thread_share"));  // 1/n of the budget
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, BackwardDataImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()          // g (N, H, W, Co)
                                   .Arg<ffi::AnyBuffer>()          // weights (KH, KW, Ci, Co)
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dx (N, H, W, Ci)
-                                  .Attr<int64_t>("threads"));     // at most; 0: all
+                                  .Attr<int64_t>("thread_share"));  // 1/n of the budget
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, BackwardWeightsImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()          // x (N, H, W, Ci)
                                   .Arg<ffi::AnyBuffer>()          // g (N, H, W, Co)
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dweights (KH, KW, Ci, Co)
-                                  .Attr<int64_t>("threads"));     // at most; 0: all
+                                  .Attr<int64_t>("thread_share"));  // 1/n of the budget
