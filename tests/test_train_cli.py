@@ -37,6 +37,8 @@ def _run(*args, timeout=300, cwd=REPO_ROOT):
     (["--workdir", "w", "--synthetic-objects", "1.5"], 1, "synthetic_objects must be in [0, 1]"),
     (["--workdir", "w", "--prealign", "2"], 2, "must be in [0, 1]"),
     (["--workdir", "w", "--unaligned-sources"], 1, "needs prealign > 0"),
+    (["--workdir", "w", "--captured-input"], 1, "needs prealign > 0"),
+    (["--workdir", "w", "--captured-input", "--unaligned-sources"], 2, "not allowed with"),
     (["--workdir", "w", "--unaligned-lr-scale", "10"], 1, "unaligned_lr_scale must be"),
 ])
 def test_usage_errors_are_one_line(tmp_path, args, code, message):

@@ -415,23 +415,23 @@ def test_init_from_with_another_loss(data_dir, tmp_path):
     loop.train(other, tmp_path / "x", init_from=base.checkpoint(), progress=False)
 
 
-def test_unaligned_sources_start_from_a_network_without_them(data_dir, tmp_path):
+@pytest.mark.parametrize("field, subnets", [("unaligned_sources", 4), ("captured_input", 2)])
+def test_unaligned_sources_start_from_a_network_without_them(data_dir, tmp_path, field, subnets):
   base = loop.train(tiny(data_dir, steps=1, num_samples=0), tmp_path / "base", progress=False)
-  dual_model = dataclasses.replace(SepConvConfig.tiny(frame_average_init=True),
-                                   unaligned_sources=True)
+  dual_model = dataclasses.replace(SepConvConfig.tiny(frame_average_init=True), **{field: True})
   with pytest.raises(ValueError, match="prealign"):
     tiny(data_dir, model=dual_model)
   config = tiny(data_dir, steps=1, num_samples=0, prealign=0.5, model=dual_model,
                 full_validation=1, validation_batches=1)
   start = loop._initial_params(config, base.checkpoint())
-  assert len(start["vertical_subnets"]) == 4
+  assert len(start["vertical_subnets"]) == subnets
   batch = next(loop._train_batches(config, loop._open_data(config)).as_numpy_iterator())
   assert batch["x0"].shape[-1] == 6 and batch["y"].shape[-1] == 3
   validation = next(loop._validation_batches(config, config.data_dir, 2))
   assert validation["x0"].shape[-1] == 6 and validation["y"].shape[-1] == 3
   tuned = loop.train(config, tmp_path / "dual", init_from=base.checkpoint(), progress=False)
   model, metadata = load_model(tuned.checkpoint())
-  assert model.config.unaligned_sources and metadata["info"]["train_config"]["prealign"] == 0.5
+  assert getattr(model.config, field) and metadata["info"]["train_config"]["prealign"] == 0.5
 
 
 def test_unaligned_lr_scale_multiplies_the_updates_of_what_only_the_captured_frames_use():

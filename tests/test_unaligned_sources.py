@@ -1,5 +1,6 @@
 """A network with unaligned sources: it sees, and samples, the captured frames as well as the
-pre-aligned ones (`SepConvConfig.unaligned_sources`)."""
+pre-aligned ones (`SepConvConfig.unaligned_sources`); and one with captured input, which only
+sees them (`SepConvConfig.captured_input`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from flax import nnx
 from sepconv_jax.inference import alignment
 from sepconv_jax.inference.interpolator import Interpolator, TileSettings
 from sepconv_jax.network.model import (ConvOptions, SepConvConfig, SepConvNet, count_parameters,
-                                       with_unaligned_sources)
+                                       with_captured_frames, with_unaligned_sources)
 from sepconv_jax.network.padding import run_padded
 from tests.test_alignment import _textured
 from tests.test_interpolator import perturbed as _perturbed
@@ -96,3 +97,35 @@ def test_a_fresh_network_starts_at_averaging_the_aligned_frames():
             conv=ConvOptions("float32"))
   np.testing.assert_allclose(out, (aligned0 + aligned1) / 2, atol=0.01)
 
+
+
+def test_captured_input_extends_exactly_and_learns_from_the_captured_frames():
+  original = _perturbed(SepConvConfig.tiny(frame_average_init=True, kernel_normalisation=True))
+  config = SepConvConfig.tiny(frame_average_init=True, kernel_normalisation=True,
+                              captured_input=True)
+  extended = with_captured_frames(original, config)
+  assert extended.config == config and config.frame_channels == 6
+  assert len(extended.vertical_subnets) == 2  # kernels for the pre-aligned pair only
+  # One wider first convolution: 2 frames x 3 more channels x 3x3 x the first width.
+  assert (count_parameters(config) - count_parameters(original.config)
+          == 2 * 3 * 9 * config.channels[0])
+  aligned0, aligned1, captured0, captured1, truth = _frames(5)
+  frame0 = jnp.concatenate([aligned0, captured0], axis=-1)
+  frame1 = jnp.concatenate([aligned1, captured1], axis=-1)
+  np.testing.assert_array_equal(extended(frame0, frame1), original(aligned0, aligned1))
+  loss = lambda model: jnp.mean(jnp.abs(model(frame0, frame1) - truth))
+  grads = nnx.state(nnx.grad(loss)(extended), nnx.Param)
+  first_kernel = dict(nnx.to_flat_state(grads))[("encoder", 0, "convs", 0, "kernel")][...]
+  for captured in (slice(3, 6), slice(9, 12)):
+    assert np.abs(first_kernel[:, :, captured]).max() > 0
+  # The Interpolator hands it both pairs, as it does a network with unaligned sources.
+  first, second = _textured(64, 96, -4), _textured(64, 96, 4)
+  np.testing.assert_allclose(np.asarray(Interpolator(extended, align=0.5)(first, second)),
+                             np.asarray(Interpolator(original, align=0.5)(first, second)),
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="already"):
+    with_captured_frames(extended, config)
+  with pytest.raises(ValueError, match="not the network"):
+    with_captured_frames(original, SepConvConfig.tiny(captured_input=True))
+  with pytest.raises(ValueError, match="set one of them"):
+    SepConvConfig(unaligned_sources=True, captured_input=True)

@@ -93,14 +93,20 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
                  help="warp the input frames of every crop and full validation frame S of the "
                       "way to the middle along their optical flow (OpenCV DIS), to train a model "
                       "for sepconv interpolate --align S (0 to 1; default 0: off)")
-  p.add_argument("--unaligned-sources", action="store_true",
-                 help="with --prealign: the network also sees the frames as captured and can "
-                      "take pixels from them where the flow went wrong (6 channels a frame, four "
-                      "kernel pairs; --init-from a network without them starts it exactly where "
-                      "that one was)")
+  captured = p.add_mutually_exclusive_group()
+  captured.add_argument("--unaligned-sources", action="store_true",
+                        help="with --prealign: the network also sees the frames as captured "
+                             "and can take pixels from them where the flow went wrong (6 "
+                             "channels a frame, four kernel pairs; --init-from a network "
+                             "without them starts it exactly where that one was)")
+  captured.add_argument("--captured-input", action="store_true",
+                        help="with --prealign: the network's encoder also sees the frames as "
+                             "captured (6 channels a frame), kernels stay for the pre-aligned "
+                             "frames alone: the cheap half of --unaligned-sources (--init-from "
+                             "a network without it starts it exactly where that one was)")
   p.add_argument("--unaligned-lr-scale", type=positive(float), metavar="X",
-                 help="with --unaligned-sources: X times the learning rate for what only the "
-                      "captured frames use (they start at zero; default 1)")
+                 help="with --unaligned-sources or --captured-input: X times the learning rate "
+                      "for what only the captured frames use (they start at zero; default 1)")
   length = p.add_mutually_exclusive_group()
   length.add_argument("--epochs", type=positive(int))
   length.add_argument("--steps", type=positive(int), help="total steps (instead of --epochs)")
@@ -174,8 +180,9 @@ def main(argv=None, prog: str = "sepconv train") -> int:
   try:
     config = configs.get_config(args.config)
     config = config.with_overrides(
-        model=(dataclasses.replace(config.model, unaligned_sources=True)
-               if args.unaligned_sources else None),
+        model=(dataclasses.replace(config.model, unaligned_sources=args.unaligned_sources,
+                                   captured_input=args.captured_input)
+               if args.unaligned_sources or args.captured_input else None),
         data_dir=args.data, loss=args.loss, nu=args.nu, vgg_weights=args.vgg_weights,
         learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
         min_scale=args.min_scale, alternate_crop_size=args.alternate_crop_size,

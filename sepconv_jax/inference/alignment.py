@@ -52,10 +52,10 @@ def prealign(frame0: np.ndarray, frame1: np.ndarray, strength: float
   return aligned0, aligned1
 
 
-def network_frames(aligned0, aligned1, captured0, captured1, unaligned_sources: bool):
+def network_frames(aligned0, aligned1, captured0, captured1, reads_captured_frames: bool):
   """The network's input frames (B, H, W, C): the (pre-aligned) frames, followed on channels by
-  the captured ones for a network with unaligned sources (`SepConvConfig.unaligned_sources`)."""
-  if not unaligned_sources:
+  the captured ones for a network that reads them (`SepConvConfig.reads_captured_frames`)."""
+  if not reads_captured_frames:
     return aligned0, aligned1
   return (np.concatenate([aligned0, captured0], axis=-1),
           np.concatenate([aligned1, captured1], axis=-1))

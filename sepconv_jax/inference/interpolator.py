@@ -20,8 +20,9 @@ Ensemble Optional (`ensemble=True`): the network also runs on the pair in revers
 Alignment Optional (`align=S`, S in (0, 1]): before the network, both frames are warped S of the
            way to the middle along OpenCV's DIS optical flow, so the network has less motion to
            follow (`sepconv_jax.inference.alignment`; about 0.1 s a 854x480 pair on the CPU).
-           0 runs the network alone, as published. A network with unaligned sources
-           (`SepConvConfig.unaligned_sources`) gets both the pre-aligned and the captured frames.
+           0 runs the network alone, as published. A network with unaligned sources or
+           captured input (`SepConvConfig.reads_captured_frames`) gets both the pre-aligned and
+           the captured frames.
            A checkpoint recommends its own strength
            (`recommended_align`: the default model 0.5, which scores higher, BENCHMARKS.md), which
            `from_checkpoint` and `default` use unless told otherwise.
@@ -217,7 +218,8 @@ class Interpolator:
     captured = frame0, frame1
     if self.align:
       frame0, frame1 = self._prealign(frame0, frame1)
-    frame0, frame1 = network_frames(frame0, frame1, *captured, self.config.unaligned_sources)
+    frame0, frame1 = network_frames(frame0, frame1, *captured,
+                                    self.config.reads_captured_frames)
     height, width = frame0.shape[1:3]
     if self.max_untiled_pixels is not None and height * width > self.max_untiled_pixels:
       return self._interpolate_tiled(frame0, frame1)
@@ -307,7 +309,7 @@ class Interpolator:
     """
     frame0, frame1, single, _, _ = self._model_frames(first, second)
     frame0, frame1 = network_frames(frame0, frame1, frame0, frame1,
-                                    self.config.unaligned_sources)
+                                    self.config.reads_captured_frames)
     maps = run_padded(functools.partial(self._kernel_network, self._state), frame0, frame1,
                       policy=self.padding, kernel_size=self.config.kernel_size)
     return KernelMaps(*(np.asarray(m[0] if single else m, np.float32) for m in maps))

@@ -37,6 +37,10 @@ Unaligned sources (`SepConvConfig(unaligned_sources=True)`; not in the published
   network can take its pixels from the frames the warp did not touch. The output sums the four
   sources (normalised over all four with `kernel_normalisation`). `with_unaligned_sources`
   turns a network without them into one with them that computes exactly what it did.
+  `SepConvConfig(captured_input=True)` is the cheap half of it: the encoder sees the captured
+  frames too (12 input channels), but kernels come only for the pre-aligned pair, so the network
+  can use them to decide where the flow went wrong at almost no cost (one wider first layer);
+  `with_captured_frames` extends a network to either.
 
 Architecture (the published one with `SepConvConfig()`; `channels` scales it down for tests):
   encoder  5 stacks of three 3x3 conv + ReLU: 6 -> 32 -> 64 -> 128 -> 256 -> 512, each followed by
@@ -101,12 +105,16 @@ class SepConvConfig:
       which is the plain Flax initialisation (LeCun normal weights, zero biases).
     unaligned_sources: Frames of 6 channels (pre-aligned, then as captured) and kernels for both
       (module docstring). Off in the published network.
+    captured_input: Frames of 6 channels as with `unaligned_sources`, which only the encoder
+      reads: kernels for the pre-aligned pair alone (module docstring). Not with
+      `unaligned_sources`, which includes it.
   """
   channels: tuple[int, int, int, int, int] = PUBLISHED_CHANNELS
   kernel_size: int = PUBLISHED_KERNEL_SIZE
   kernel_normalisation: bool = False
   frame_average_init: bool = False
   unaligned_sources: bool = False
+  captured_input: bool = False
 
   def __post_init__(self):
     # Accept lists (e.g. from JSON) but store a tuple so that the config stays hashable.
@@ -115,11 +123,18 @@ class SepConvConfig:
       raise ValueError(f"channels must be 5 positive ints, got {self.channels=}")
     if self.kernel_size < 1 or self.kernel_size % 2 == 0:
       raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size=}")
+    if self.unaligned_sources and self.captured_input:
+      raise ValueError("unaligned_sources includes captured_input: set one of them")
+
+  @property
+  def reads_captured_frames(self) -> bool:
+    """Whether each input frame is 6 channels, pre-aligned then as captured."""
+    return self.unaligned_sources or self.captured_input
 
   @property
   def frame_channels(self) -> int:
-    """Channels of each input frame: 3, or 6 with `unaligned_sources`."""
-    return 6 if self.unaligned_sources else 3
+    """Channels of each input frame: 3, or 6 with `unaligned_sources` or `captured_input`."""
+    return 6 if self.reads_captured_frames else 3
 
   @classmethod
   def scaled(cls, width: float, **overrides: Any) -> SepConvConfig:
@@ -422,14 +437,23 @@ class SepConvNet(nnx.Module):
 
 
 def with_unaligned_sources(model: SepConvNet) -> SepConvNet:
-  """A network with unaligned sources that computes exactly what `model` (without them) does on
-  the pre-aligned frames, whatever the captured ones: the encoder's first convolution gets zero
-  weights for the captured frames' channels, and the captured frames' kernels start as copies of
-  the pre-aligned frames' with the vertical ones zero (a product that is zero, which lets the
-  gradient reach both: zero in both would hold them there)."""
-  if model.config.unaligned_sources:
-    raise ValueError("the network already has unaligned sources")
-  config = dataclasses.replace(model.config, unaligned_sources=True)
+  """`with_captured_frames` to the same network with unaligned sources."""
+  return with_captured_frames(model, dataclasses.replace(model.config, unaligned_sources=True))
+
+
+def with_captured_frames(model: SepConvNet, config: SepConvConfig) -> SepConvNet:
+  """A network of `config` (`model`'s, with unaligned sources or captured input) that computes
+  exactly what `model` (without either) does on the pre-aligned frames, whatever the captured
+  ones: the encoder's first convolution gets zero weights for the captured frames' channels, and
+  with unaligned sources the captured frames' kernels start as copies of the pre-aligned frames'
+  with the vertical ones zero (a product that is zero, which lets the gradient reach both: zero
+  in both would hold them there)."""
+  if model.config.reads_captured_frames:
+    raise ValueError("the network already reads the captured frames")
+  if not config.reads_captured_frames or config != dataclasses.replace(
+      model.config, unaligned_sources=config.unaligned_sources,
+      captured_input=config.captured_input):
+    raise ValueError(f"{config} is not the network {model.config} with the captured frames")
   target = nnx.eval_shape(lambda: SepConvNet(config, rngs=nnx.Rngs(0)))
   source_state = nnx.state(model, nnx.Param)
   state = nnx.state(target, nnx.Param)

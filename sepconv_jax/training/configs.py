@@ -88,7 +88,8 @@ class TrainConfig:
       the network learns to finish what the flow started, as the `Interpolator` runs it with
       `align` set to the same strength (`recommended_align` reads it from the checkpoint). The
       full validation's kernel figures still measure against the whole motion. 0: off. A
-      network with `unaligned_sources` (`SepConvConfig`) gets the captured frames as well.
+      network with `unaligned_sources` or `captured_input` (`SepConvConfig`) gets the captured
+      frames as well.
     unaligned_lr_scale: The learning rate of what only those captured frames use (their
       channels of the encoder's first convolution, their kernel subnets) times this
       (`steps.unaligned_update_scales`): started at zero from a network without them, they see a
@@ -224,12 +225,12 @@ class TrainConfig:
     if not 0.0 <= self.prealign <= 1.0:
       raise ValueError(f"prealign must be in [0, 1], got {self.prealign}")
     if self.unaligned_lr_scale <= 0 or (self.unaligned_lr_scale != 1.0
-                                        and not self.model.unaligned_sources):
+                                        and not self.model.reads_captured_frames):
       raise ValueError(f"unaligned_lr_scale must be positive, and 1 for a network without "
-                       f"unaligned sources, got {self.unaligned_lr_scale}")
-    if self.model.unaligned_sources and not self.prealign:
-      raise ValueError("a network with unaligned sources needs prealign > 0 (without "
-                       "pre-alignment both of its sources are the same frames)")
+                       f"unaligned sources or captured input, got {self.unaligned_lr_scale}")
+    if self.model.reads_captured_frames and not self.prealign:
+      raise ValueError("a network with unaligned sources or captured input needs prealign > 0 "
+                       "(without pre-alignment its two inputs are the same frames)")
     if self.num_samples < 0 or self.nu < 0 or self.full_validation < 0:
       raise ValueError("num_samples, full_validation and nu must not be negative")
     if self.centroid_weight < 0 or (self.centroid_steps is not None and self.centroid_steps < 1):

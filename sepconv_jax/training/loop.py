@@ -49,7 +49,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from sepconv_jax.evaluation import datasets, kernels as kernel_stats, runner, scoring
 from sepconv_jax.inference import alignment
 from sepconv_jax.network import checkpoint as checkpoint_lib
-from sepconv_jax.network.model import ConvOptions, with_unaligned_sources
+from sepconv_jax.network.model import ConvOptions, with_captured_frames
 from sepconv_jax.network.padding import run_padded
 from sepconv_jax.training import losses, metrics as metrics_lib
 from sepconv_jax.training.configs import TrainConfig
@@ -211,7 +211,7 @@ def _train_batches(config: TrainConfig, data: _Data):
                 synthetic_objects=config.synthetic_objects,
                 all_orientations=config.all_orientations,
                 channel_permutation=config.channel_permutation, prealign=config.prealign,
-                unaligned_sources=config.model.unaligned_sources,
+                unaligned_sources=config.model.reads_captured_frames,
                 object_flows_only=config.centroid_flows == "objects")
   dataset = pipeline.train_dataset(
       data.data_dir, batch_size=data.local_batch, crop_size=config.crop_size, seed=config.seed,
@@ -233,7 +233,7 @@ def _validation_batches(config: TrainConfig, data_dir: str, local_batch: int
       data_dir, batch_size=local_batch, crop_size=config.crop_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
       threads=config.data_threads, prealign=config.prealign,
-      unaligned_sources=config.model.unaligned_sources,
+      unaligned_sources=config.model.reads_captured_frames,
       # Several hosts must run the same number of (collective) eval steps: equal shares.
       drop_remainder=many_hosts)
   if config.validation_batches is not None:
@@ -480,14 +480,16 @@ def _open_data(config: TrainConfig) -> _Data:
 
 def _initial_params(config: TrainConfig, init_from: str | os.PathLike) -> nnx.State:
   """The parameters of checkpoint `init_from`, which must hold the configured network, or the
-  same network without unaligned sources (then extended: `model.with_unaligned_sources`)."""
+  same network without unaligned sources or captured input (then extended:
+  `model.with_captured_frames`)."""
   try:
     source, source_metadata = checkpoint_lib.load_model(init_from)
   except checkpoint_lib.CheckpointError as error:
     raise TrainingError(str(error)) from error
-  if (config.model.unaligned_sources and not source.config.unaligned_sources
-      and source.config == dataclasses.replace(config.model, unaligned_sources=False)):
-    source = with_unaligned_sources(source)
+  if (config.model.reads_captured_frames and not source.config.reads_captured_frames
+      and source.config == dataclasses.replace(config.model, unaligned_sources=False,
+                                               captured_input=False)):
+    source = with_captured_frames(source, config.model)
   if source.config != config.model:
     raise TrainingError(f"--init-from {init_from} holds a different network "
                         f"({source.config}) than the config's ({config.model})")
@@ -529,7 +531,7 @@ class _Validator:
     self.scores: dict[int, dict[str, float]] = {}
     self._samples = self._full = None
     full_frames = _FullFrames(graphdef, config.model.kernel_size, conv, config.prealign,
-                              config.model.unaligned_sources)
+                              config.model.reads_captured_frames)
     if is_main and data.has_validation and config.num_samples:
       self._samples = _Samples(full_frames, _sample_triplets(data.data_dir, config.num_samples),
                                workdir / "samples")

@@ -116,8 +116,9 @@ _cached_adamax = functools.lru_cache(maxsize=16)(adamax)
 
 def unaligned_update_scales(model_config, scale: float) -> nnx.State:
   """Per-parameter multipliers of the updates: `scale` for what only the captured frames of a
-  network with unaligned sources use (their channels of the encoder's first convolution, their
-  kernel subnets), 1 elsewhere; arrays where a parameter is split, scalars otherwise."""
+  network with unaligned sources or captured input use (their channels of the encoder's first
+  convolution, with unaligned sources their kernel subnets), 1 elsewhere; arrays where a
+  parameter is split, scalars otherwise."""
   abstract = nnx.split(nnx.eval_shape(lambda: SepConvNet(model_config, rngs=nnx.Rngs(0))),
                        nnx.Param)[1]
 
