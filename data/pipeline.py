@@ -245,7 +245,7 @@ def prealign_frames(frames: tf.Tensor, strength: float, keep_captured: bool = Fa
   """(3, H, W, 3) frames (uint8, or float32 in [0, 1]) with x0 and x1 warped `strength` of the way
   to the middle along the DIS flow between them (`flow.align_to_middle`, as the `Interpolator`'s
   pre-alignment does to whole frames), float32 in [0, 1]; y untouched. `keep_captured` (for a
-  network with unaligned sources): (3, H, W, 6), each frame followed on channels by itself as
+  network that reads them too): (3, H, W, 6), each frame followed on channels by itself as
   captured (y by a copy of itself)."""
   if frames.dtype == tf.uint8:
     frames = tf.cast(frames, tf.float32) / 255.0
@@ -261,7 +261,7 @@ def prealign_frames(frames: tf.Tensor, strength: float, keep_captured: bool = Fa
 def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
             synthetic_objects: float = 0.0, with_object_flows: bool = False,
             all_orientations: bool = False, channel_permutation: bool = False,
-            prealign: float = 0.0, unaligned_sources: bool = False) -> dict:
+            prealign: float = 0.0, keep_captured: bool = False) -> dict:
   """Training augmentation of one example {"x0", "y", "x1"} (uint8 (H, W, 3)) -> model inputs;
   with probability `synthetic_objects`, a rigid object moving by up to 24 px from the middle frame
   is pasted over the crop (`random_moving_object`), and `with_object_flows` adds its exact flows
@@ -269,7 +269,7 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
   `all_orientations` draws from the eight symmetries of the square instead of four
   (`random_dihedral`); `channel_permutation` shuffles the RGB channels (`random_channel_order`).
   `prealign` > 0 pre-aligns x0 and x1 by that strength (`prealign_frames`) after the downscale and
-  before the crop, so that the flow sees the whole patch; `unaligned_sources` keeps the captured
+  before the crop, so that the flow sees the whole patch; `keep_captured` keeps the captured
   x0 and x1 behind them on channels (6 each)."""
   seeds = tf.random.experimental.stateless_split(seed, 3)
   frames = stack_frames(example)
@@ -278,8 +278,8 @@ def augment(example: dict, seed, crop_size: int = 128, min_scale: float = 1.0,
     # Resized frames are float32 in [0, 255]; unstack_frames divides by 255 only for uint8.
     scale_seed = tf.random.experimental.stateless_fold_in(seed, 1)
     frames = random_downscale(frames, scale_seed, min_scale, crop_size) / 255.0
-  if prealign > 0.0 or unaligned_sources:
-    frames = prealign_frames(frames, prealign, keep_captured=unaligned_sources)
+  if prealign > 0.0 or keep_captured:
+    frames = prealign_frames(frames, prealign, keep_captured=keep_captured)
   frames = random_crop(frames, seeds[0], crop_size)
   frames = (random_dihedral if all_orientations else random_orientation)(frames, seeds[1])
   flows = None
@@ -381,14 +381,14 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
                   max_flow: float | None = None, synthetic_objects: float = 0.0,
                   object_flows_only: bool = False, all_orientations: bool = False,
                   channel_permutation: bool = False, prealign: float = 0.0,
-                  unaligned_sources: bool = False) -> tf.data.Dataset:
+                  keep_captured: bool = False) -> tf.data.Dataset:
   """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`;
   with `flows`, also the optical flows of each crop (module docstring), or with
   `object_flows_only` instead the exact flows of the pasted objects only (`augment`); with
   `max_flow`, from the patches that move at most that much only (`read_split`); with
   `synthetic_objects`, that share of the crops carries a pasted moving object, and
   `all_orientations` and `channel_permutation` add symmetries and colour orders, and `prealign`
-  pre-aligns the input frames, keeping the captured ones too with `unaligned_sources`
+  pre-aligns the input frames, keeping the captured ones too with `keep_captured`
   (`augment`)."""
   if not 0.0 < min_scale <= 1.0:
     raise ValueError(f"{min_scale=} must be in (0, 1]")
@@ -414,7 +414,7 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
       lambda index, example: augment(example, element_seed(seed, process_index, index),
                                      crop_size, min_scale, synthetic_objects,
                                      flows and object_flows_only, all_orientations,
-                                     channel_permutation, prealign, unaligned_sources),
+                                     channel_permutation, prealign, keep_captured),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if flows and not object_flows_only:
     dataset = dataset.map(add_flows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -434,10 +434,10 @@ def validation_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16,
                        crop_size: int | None = None, process_index: int = 0,
                        process_count: int = 1, threads: int = 2, drop_remainder: bool = False,
                        split: str = builder.VALIDATION, config: str | None = None,
-                       prealign: float = 0.0, unaligned_sources: bool = False
+                       prealign: float = 0.0, keep_captured: bool = False
                        ) -> tf.data.Dataset:
   """Validation batches: no augmentation, fixed order, the full patch or its centre crop (with
-  `prealign` and `unaligned_sources`, of the pre-aligned patch, as in `augment`).
+  `prealign` and `keep_captured`, of the pre-aligned patch, as in `augment`).
 
   With several hosts each reads an even share; `drop_remainder=False` keeps every example (hosts
   may then see one batch more or less, and the last batch may be smaller).
@@ -450,8 +450,8 @@ def validation_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16,
 
   def prepare(example):
     frames = stack_frames(example)
-    if prealign > 0.0 or unaligned_sources:
-      frames = prealign_frames(frames, prealign, keep_captured=unaligned_sources)
+    if prealign > 0.0 or keep_captured:
+      frames = prealign_frames(frames, prealign, keep_captured=keep_captured)
     if crop_size is not None:
       frames = center_crop(frames, crop_size)
     return unstack_frames(frames)

@@ -396,7 +396,7 @@ def test_unaligned_sources_keep_the_captured_frames_behind_the_aligned_ones():
   seed = pipeline.element_seed(1, 0, 0)
   for permute in (False, True):
     options = dict(channel_permutation=permute)
-    both = _numpy(pipeline.augment(example, seed, 64, prealign=0.5, unaligned_sources=True,
+    both = _numpy(pipeline.augment(example, seed, 64, prealign=0.5, keep_captured=True,
                                    **options))
     aligned = _numpy(pipeline.augment(example, seed, 64, prealign=0.5, **options))
     captured = _numpy(pipeline.augment(example, seed, 64, **options))

@@ -211,7 +211,7 @@ def _train_batches(config: TrainConfig, data: _Data):
                 synthetic_objects=config.synthetic_objects,
                 all_orientations=config.all_orientations,
                 channel_permutation=config.channel_permutation, prealign=config.prealign,
-                unaligned_sources=config.model.reads_captured_frames,
+                keep_captured=config.model.reads_captured_frames,
                 object_flows_only=config.centroid_flows == "objects")
   dataset = pipeline.train_dataset(
       data.data_dir, batch_size=data.local_batch, crop_size=config.crop_size, seed=config.seed,
@@ -233,7 +233,7 @@ def _validation_batches(config: TrainConfig, data_dir: str, local_batch: int
       data_dir, batch_size=local_batch, crop_size=config.crop_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
       threads=config.data_threads, prealign=config.prealign,
-      unaligned_sources=config.model.reads_captured_frames,
+      keep_captured=config.model.reads_captured_frames,
       # Several hosts must run the same number of (collective) eval steps: equal shares.
       drop_remainder=many_hosts)
   if config.validation_batches is not None:
@@ -304,13 +304,13 @@ def _sample_net(graphdef: nnx.GraphDef, conv: ConvOptions, return_kernels: bool 
 class _FullFrames:
   """Interpolates full frames (x0, x1 RGB uint8) with the current parameters, on one device,
   pre-aligned by `prealign` (`TrainConfig.prealign`) as the `Interpolator` would (and followed
-  by the captured frames for a network with `unaligned_sources`)."""
+  by the captured frames for a network that reads them, `SepConvConfig.reads_captured_frames`)."""
 
   def __init__(self, graphdef: nnx.GraphDef, kernel_size: int, conv: ConvOptions,
-               prealign: float = 0.0, unaligned_sources: bool = False):
+               prealign: float = 0.0, reads_captured_frames: bool = False):
     self._kernel_size = kernel_size
     self._prealign = prealign
-    self._unaligned_sources = unaligned_sources
+    self._reads_captured_frames = reads_captured_frames
     self._net = {kernels: _sample_net(graphdef, conv, kernels) for kernels in (False, True)}
 
   def __call__(self, params: nnx.State, x0: np.ndarray, x1: np.ndarray, *,
@@ -322,7 +322,7 @@ class _FullFrames:
     captured = [f[None].astype(np.float32) / 255.0 for f in (x0, x1)]
     aligned = alignment.prealign(*captured, self._prealign)
     a, b = (jnp.asarray(f) for f in alignment.network_frames(*aligned, *captured,
-                                                             self._unaligned_sources))
+                                                             self._reads_captured_frames))
     out = run_padded(functools.partial(self._net[kernels], local), a, b, policy=SAMPLE_PADDING,
                      kernel_size=self._kernel_size)
     middle, maps = out if kernels else (out, None)
