@@ -107,6 +107,13 @@ def align_to_middle(first: np.ndarray, second: np.ndarray, strength: float, *,
   """Both frames (H, W, 3), float32 in [0, 1] RGB, warped `strength` of the way to the middle
   along `estimated_middle_flows` (the flow from their uint8 rounding): the motion left between
   them is `1 - strength` of the original."""
+  return warps_to_middle(first, second, (strength,), downscale=downscale)[0]
+
+
+def warps_to_middle(first: np.ndarray, second: np.ndarray, strengths: tuple[float, ...], *,
+                    downscale: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+  """`align_to_middle` at each of `strengths`, from one computation of the flows."""
   to_uint8 = lambda frame: np.clip(np.rint(frame * 255.0), 0, 255).astype(np.uint8)
   flow0, flow1 = estimated_middle_flows(to_uint8(first), to_uint8(second), downscale=downscale)
-  return warp(first, strength * flow0), warp(second, strength * flow1)
+  return [(warp(first, strength * flow0), warp(second, strength * flow1))
+          for strength in strengths]

@@ -1,7 +1,7 @@
 """Builds the README's side-by-side figure: frame averaging vs. the model on sample pairs.
 
   python docs/make_side_by_side.py                      # default model -> docs/side_by_side.jpg
-  python docs/make_side_by_side.py --model CHECKPOINT --out figure.jpg [--align S]
+  python docs/make_side_by_side.py --model CHECKPOINT --out figure.jpg [--align S] [--consensus W]
 
 Each row is one pair: first frame | average of the two | the model's middle frame | second frame,
 then the same four cropped around the spot where the model and averaging differ most, enlarged
@@ -83,11 +83,15 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=str(ROOT / "docs" / "side_by_side.jpg"))
   parser.add_argument("--align", type=float,
                       help="pre-alignment strength (default: the model's own, see the README)")
+  parser.add_argument("--consensus", type=float,
+                      help="consensus weight (default: the model's own, see the README)")
   args = parser.parse_args(argv)
-  interpolator = (Interpolator.from_checkpoint(args.model, align=args.align) if args.model
-                  else Interpolator.default(align=args.align))
+  options = {"align": args.align, "consensus": args.consensus}
+  interpolator = (Interpolator.from_checkpoint(args.model, **options) if args.model
+                  else Interpolator.default(**options))
   model = "default model" if args.model is None else pathlib.Path(args.model).name
   model += f", pre-aligned {interpolator.align:g}" if interpolator.align else ""
+  model += f", consensus {interpolator.consensus:g}" if interpolator.consensus else ""
   labels = (*LABELS[:2], f"{LABELS[2]} ({model})", LABELS[3])
   rows = []
   for name, first_path, second_path in pairs():

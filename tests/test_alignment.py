@@ -12,7 +12,7 @@ from sepconv_data import flow
 from sepconv_jax import save_model
 from sepconv_jax.inference import alignment
 from sepconv_jax.inference.interpolator import Interpolator, TileSettings
-from sepconv_jax.network.checkpoint import recommended_align
+from sepconv_jax.network.checkpoint import recommended_align, recommended_consensus
 from tests.test_interpolator import model  # noqa: F401  (the tiny model fixture)
 
 STREET = pathlib.Path(__file__).resolve().parents[1] / "samples" / "street_0.png"
@@ -58,6 +58,38 @@ def test_prealign_removes_that_share_of_the_motion(strength):
   np.testing.assert_array_equal(alignment.prealign(first[None], second[None], 0.0)[0], first[None])
 
 
+def test_warp_pairs_computes_each_strength_from_one_flow():
+  first, second = _textured(64, 80, -4)[None], _textured(64, 80, 4)[None]
+  half, full, none = alignment.warp_pairs(first, second, (0.5, 1.0, 0.0))
+  for pair, strength in ((half, 0.5), (full, 1.0)):
+    for got, expected in zip(pair, alignment.prealign(first, second, strength)):
+      np.testing.assert_array_equal(got, expected)
+  assert none[0] is first and none[1] is second
+
+
+def test_blend_consensus_trusts_the_warp_only_where_everything_agrees():
+  rng = np.random.default_rng(0)
+  middle = rng.uniform(0.2, 0.8, (1, 32, 32, 3)).astype(np.float32)
+  network = middle + 2 / 255  # close to the warped frames' mean: blended nearly all the way
+  out = alignment.blend_consensus(network, middle, middle, 0.75)
+  weight = alignment.consensus_weight(network, middle, middle, 0.75)
+  assert 0.7 < weight.min() <= weight.max() <= 0.75
+  np.testing.assert_allclose(out, network + weight * (middle - network), atol=1e-6)
+  # The warped frames disagree (the flow failed): the network's frame stays.
+  other = np.clip(middle + 0.3, 0, 1)
+  np.testing.assert_allclose(alignment.blend_consensus(network, middle, other, 0.75), network,
+                             atol=1e-3)
+  # They agree with each other but not with the network (e.g. both show the background where an
+  # object moves): the network's frame stays.
+  far = np.clip(network + 0.4, 0, 1)
+  np.testing.assert_allclose(alignment.blend_consensus(far, middle, middle, 0.75), far,
+                             atol=1e-3)
+  # Strength 0 is the network's frame exactly; strengths outside [0, 1] are refused.
+  assert alignment.blend_consensus(network, middle, middle, 0.0) is network
+  with pytest.raises(ValueError, match="consensus"):
+    alignment.blend_consensus(network, middle, middle, 1.5)
+
+
 def test_prealign_checks_its_strength():
   frame = np.zeros((1, 8, 8, 3), np.float32)
   with pytest.raises(ValueError, match="strength"):
@@ -87,9 +119,38 @@ def test_interpolator_runs_the_network_on_the_aligned_pair(model):  # noqa: F811
   np.testing.assert_allclose(bgr, seen_as_bgr[..., ::-1], atol=1e-5)
 
 
-def test_interpolator_checks_align(model):  # noqa: F811
+def test_interpolator_blends_the_consensus_after_the_network(model):  # noqa: F811
+  first, second = _textured(64, 80, -4), _textured(64, 80, 4)
+  (aligned0, aligned1), (middle0, middle1) = alignment.warp_pairs(first[None], second[None],
+                                                                  (0.5, 1.0))
+  network = np.asarray(Interpolator(model)(aligned0[0], aligned1[0]))[None]
+  expected = alignment.blend_consensus(network, middle0, middle1, 0.75)[0]
+  for max_untiled_pixels in (None, 0):
+    interpolator = Interpolator(model, align=0.5, consensus=0.75,
+                                max_untiled_pixels=max_untiled_pixels,
+                                tiles=TileSettings(size=64, overlap=16))
+    out = np.asarray(interpolator(first, second))
+    tolerance = 1e-5 if max_untiled_pixels is None else 0.02  # tiles see less context
+    np.testing.assert_allclose(out, expected, atol=tolerance)
+  # Without pre-alignment the network sees the captured frames; the blend is the same.
+  network = np.asarray(Interpolator(model)(first, second))[None]
+  np.testing.assert_allclose(np.asarray(Interpolator(model, consensus=0.75)(first, second)),
+                             alignment.blend_consensus(network, middle0, middle1, 0.75)[0],
+                             atol=1e-5)
+  # BGR checkpoints: the flow is of the RGB frames, the blend in the model's channel order.
+  bgr = np.asarray(Interpolator(model, align=0.5, consensus=0.75, channel_order="BGR")(
+      first, second))
+  network_bgr = np.asarray(Interpolator(model)(aligned0[0, ..., ::-1], aligned1[0, ..., ::-1]))
+  expected_bgr = alignment.blend_consensus(network_bgr[None], middle0[..., ::-1],
+                                           middle1[..., ::-1], 0.75)[0]
+  np.testing.assert_allclose(bgr, expected_bgr[..., ::-1], atol=1e-5)
+
+
+def test_interpolator_checks_align_and_consensus(model):  # noqa: F811
   with pytest.raises(ValueError, match="align"):
     Interpolator(model, align=-0.1)
+  with pytest.raises(ValueError, match="consensus"):
+    Interpolator(model, consensus=1.1)
 
 
 def test_a_checkpoint_recommends_its_strength(model, tmp_path):  # noqa: F811
@@ -101,3 +162,11 @@ def test_a_checkpoint_recommends_its_strength(model, tmp_path):  # noqa: F811
   assert Interpolator.from_checkpoint(tmp_path / "aligned").align == 0.25
   assert Interpolator.from_checkpoint(tmp_path / "aligned", align=0.0).align == 0.0
   assert Interpolator.from_checkpoint(tmp_path / "plain").align == 0.0
+
+
+def test_a_checkpoint_recommends_its_consensus(model, tmp_path):  # noqa: F811
+  assert recommended_consensus({"info": {"consensus": 0.75}}) == 0.75
+  assert recommended_consensus({"info": {}}) == recommended_consensus({}) == 0.0
+  save_model(tmp_path / "blended", model, info={"consensus": 0.5})
+  assert Interpolator.from_checkpoint(tmp_path / "blended").consensus == 0.5
+  assert Interpolator.from_checkpoint(tmp_path / "blended", consensus=0.0).consensus == 0.0

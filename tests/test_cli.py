@@ -392,8 +392,8 @@ def test_grey_and_rgba_pairs_are_converted(tiny_model, tmp_path, capsys):
   assert mean_error(middle, (grey.astype(np.float64) + frames[1]) / 2) < 3.0  # JPEG
 
 
-def test_ensemble_and_align_flags_reach_the_interpolator(tiny_model, tmp_path, capsys,
-                                                         monkeypatch):
+def test_ensemble_align_and_consensus_flags_reach_the_interpolator(tiny_model, tmp_path, capsys,
+                                                                   monkeypatch):
   loaded = []
   original = pipelines.load_interpolator
   monkeypatch.setattr(pipelines, "load_interpolator",
@@ -403,9 +403,9 @@ def test_ensemble_and_align_flags_reach_the_interpolator(tiny_model, tmp_path, c
     media.write_image(frame, tmp_path / name)
   code, _, stderr = run_main(capsys, "--pair", tmp_path / "a.png", tmp_path / "b.png", "--out",
                              tmp_path / "mid.png", "--model", tiny_model, "--ensemble",
-                             "--align", "0.25")
+                             "--align", "0.25", "--consensus", "0.5")
   assert code == 0, stderr
-  assert [(i.ensemble, i.align) for i in loaded] == [(True, 0.25)]
+  assert [(i.ensemble, i.align, i.consensus) for i in loaded] == [(True, 0.25, 0.5)]
   middle = media.read_image(tmp_path / "mid.png").astype(np.float64)
   assert mean_error(middle, (frames[0].astype(np.float64) + frames[1]) / 2) < 1.0
 

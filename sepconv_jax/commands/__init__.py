@@ -71,14 +71,26 @@ def unit_interval(text: str) -> float:
   return value
 
 
-def add_align_argument(parser: argparse.ArgumentParser) -> None:
-  """`--align S|auto`: the pre-alignment strength of `sepconv_jax.inference.alignment`; "auto"
-  (the default) parses to None, the model's own recommendation."""
-  parser.add_argument("--align", type=lambda text: None if text == "auto" else unit_interval(text), default=None, metavar="S",
+def unit_interval_or_auto(text: str) -> float | None:
+  """argparse type: "auto" (None, the model's own recommendation) or a number in [0, 1]."""
+  return None if text == "auto" else unit_interval(text)
+
+
+def add_alignment_arguments(parser: argparse.ArgumentParser) -> None:
+  """`--align S|auto` (the pre-alignment strength of `sepconv_jax.inference.alignment`) and
+  `--consensus W|auto` (its `blend_consensus` weight); "auto" (the default) parses to None, the
+  model's own recommendation."""
+  parser.add_argument("--align", type=unit_interval_or_auto, default=None, metavar="S",
                       help="warp both frames S (0 to 1) of the way to the middle along classical "
                            "optical flow (OpenCV DIS) before the network; 0 runs the network "
                            "alone (default: auto, the model's own: 0.5 for the default model, S "
                            "for one trained with --prealign S, else 0)")
+  parser.add_argument("--consensus", type=unit_interval_or_auto, default=None, metavar="W",
+                      help="after the network, blend in the mean of both frames warped all the "
+                           "way to the middle along the same flow, at most W (0 to 1) of it, "
+                           "where they agree with each other and with the network; 0 never "
+                           "blends (default: auto, the model's own: 0.75 for the default model, "
+                           "else 0)")
 
 
 def positive(kind: type = int):

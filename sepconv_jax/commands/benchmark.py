@@ -21,7 +21,7 @@ import pathlib
 import sys
 from typing import Sequence
 
-from sepconv_jax.commands import add_align_argument, add_version_argument
+from sepconv_jax.commands import add_alignment_arguments, add_version_argument
 from sepconv_jax.evaluation import datasets, runner, scoring
 from sepconv_jax.inference import media
 from sepconv_jax.network.checkpoint import CheckpointError
@@ -49,7 +49,7 @@ metrics: PSNR over RGB uint8 frames (rounded), data range 255; SSIM as scikit-im
   kernels' centroids follow (1 fully, 0 not at all, as averaging); "error", the mean distance from
   centroid to flow; "spread", the kernels' mean width (wide kernels on moving objects are blur), in
   pixels. Defined in sepconv_jax.evaluation.kernels. The kernels are the network's on the pair as
-  given, without --align's pre-alignment.
+  given, without --align's pre-alignment (and without --consensus).
 """
 
 
@@ -81,7 +81,7 @@ def build_parser(prog: str = "sepconv benchmark") -> argparse.ArgumentParser:
   parser.add_argument("--ensemble", action="store_true",
                       help="average each prediction with the one from the reversed pair (twice "
                            "the work)")
-  add_align_argument(parser)
+  add_alignment_arguments(parser)
   parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                       help="the network's compute precision (default: auto, the backend's "
                            "default; see sepconv interpolate --help)")
@@ -168,6 +168,7 @@ def _predictor(args):
   keep_freed_memory()  # every frame reuses the previous frame's buffers
   interpolator = pipelines.load_interpolator(args.model, padding=args.padding,
                                              ensemble=args.ensemble, align=args.align,
+                                             consensus=args.consensus,
                                              precision=args.precision)
   return interpolator, os.fspath(args.model) if args.model else "default"
 
@@ -220,6 +221,7 @@ def run(args) -> int:
     info["padding"] = args.padding
     info["ensemble"] = args.ensemble
     info["align"] = predict.align
+    info["consensus"] = predict.consensus
     info["precision"] = predict.precision
   report = runner.evaluate(triplets, predict, dataset=args.dataset, model=model_name,
                                gaussian_ssim=gaussian, limit=args.limit, on_item=table.item,
@@ -259,6 +261,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv benchmark") -> 
       raise _UsageError("--kernels applies to a model, not to --baseline")
     if args.align is not None and args.baseline:
       raise _UsageError("--align applies to a model, not to --baseline")
+    if args.consensus is not None and args.baseline:
+      raise _UsageError("--consensus applies to a model, not to --baseline")
   except _UsageError as error:
     print(f"error: {error} (see --help)", file=sys.stderr)
     return 2

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from sepconv_jax.commands import (OneLineParser, add_align_argument, add_version_argument,
+from sepconv_jax.commands import (OneLineParser, add_alignment_arguments, add_version_argument,
                                   at_least)
 
 # Mirror sepconv_jax.inference.interpolator.FACTORS and .scene.DEFAULT_THRESHOLD, so that --help
@@ -50,7 +50,10 @@ model: without --model, the project's default model (sepconv_jax/weights/default
 alignment: --align S warps both frames S of the way to the middle along OpenCV's DIS optical flow
   (no weights) before the network, which then follows the rest of the motion. auto (the default)
   is the model's own: 0.5 for the default model, S for one trained with --prealign S, 0 (the
-  network alone) for any other; the closing line says which ran.
+  network alone) for any other; the closing line says which ran. --consensus W then blends the
+  mean of both frames warped all the way along that flow into the network's frame, at most W of
+  it, where the two warped frames agree with each other and with the network (sharp where the
+  flow is right, the network's frame where it is not). auto: 0.75 for the default model, else 0.
 precision: the network's convolutions in float32, or in bfloat16 (bfloat16 operands, float32
   accumulation; the weights and everything else stay float32) on the CPU's bfloat16 units through
   oneDNN. auto picks bfloat16 on CPUs where it is measured faster (AMX, AMD's AVX512-BF16), float32
@@ -95,7 +98,7 @@ def build_parser(prog: str = "sepconv interpolate") -> argparse.ArgumentParser:
   parser.add_argument("--ensemble", action="store_true",
                       help="also interpolate each pair in reverse time order and average the "
                            "two results: twice the work, slightly sharper and cleaner")
-  add_align_argument(parser)
+  add_alignment_arguments(parser)
   parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                       help="the network's compute precision (default: auto, see below)")
   parser.add_argument("--scene-threshold", type=_threshold, default=DEFAULT_SCENE_THRESHOLD,

@@ -26,6 +26,11 @@ Alignment Optional (`align=S`, S in (0, 1]): before the network, both frames are
            A checkpoint recommends its own strength
            (`recommended_align`: the default model 0.5, which scores higher, BENCHMARKS.md), which
            `from_checkpoint` and `default` use unless told otherwise.
+Consensus Optional (`consensus=W`, W in (0, 1]): after the network, the mean of the two frames
+           warped all the way to the middle along the same flow is blended into its frame, at
+           most W of it, where those warped frames agree with each other and with the network
+           (`alignment.blend_consensus`). A checkpoint recommends its own weight
+           (`recommended_consensus`: the default model 0.75), as for the alignment.
 Precision The network's convolutions run in `precision` ("float32", or "bfloat16": bfloat16
            operands with float32 accumulation, on the CPU's bfloat16 units through oneDNN); None
            picks the backend's default (`pallas_kernels.conv.default_precision`). The weights and
@@ -46,8 +51,9 @@ import numpy as np
 from flax import nnx
 
 from pallas_kernels.conv import describe as describe_conv, xla_compiler_options
-from sepconv_jax.inference.alignment import network_frames, prealign
-from sepconv_jax.network.checkpoint import load_model, recommended_align
+from sepconv_jax.inference.alignment import blend_consensus, network_frames, warp_pairs
+from sepconv_jax.network.checkpoint import (load_model, recommended_align,
+                                            recommended_consensus)
 from sepconv_jax.network.model import ConvOptions, KernelMaps, SepConvNet
 from sepconv_jax.network.padding import DEFAULT_POLICY, POLICIES, run_padded
 
@@ -113,7 +119,8 @@ class Interpolator:
                padding: str = DEFAULT_POLICY,
                max_untiled_pixels: int | None = DEFAULT_MAX_UNTILED_PIXELS,
                tiles: TileSettings = TileSettings(), ensemble: bool = False,
-               align: float = 0.0, precision: str | None = None, conv_impl: str | None = None,
+               align: float = 0.0, consensus: float = 0.0, precision: str | None = None,
+               conv_impl: str | None = None,
                compiler_options: dict[str, str] | None = None):
     """
     Args:
@@ -126,6 +133,9 @@ class Interpolator:
         work, about 0.1 dB more PSNR on UCF101 with the default model (BENCHMARKS.md).
       align: Pre-alignment strength in [0, 1] (module docstring); 0 runs the network alone.
         (`from_checkpoint` and `default` pass the checkpoint's recommendation.)
+      consensus: The most weight in [0, 1] that the mean of the frames warped all the way to the
+        middle gets where they agree (module docstring); 0 never blends. (`from_checkpoint` and
+        `default` pass the checkpoint's recommendation.)
       precision: The convolutions' compute precision, "float32" or "bfloat16"; None for the
         backend's default (see the module docstring).
       conv_impl: The convolutions' implementation, "onednn" or "xla"; None for the backend's
@@ -146,6 +156,9 @@ class Interpolator:
     if not 0.0 <= align <= 1.0:
       raise ValueError(f"align={align} must be in [0, 1]")
     self.align = float(align)
+    if not 0.0 <= consensus <= 1.0:
+      raise ValueError(f"consensus={consensus} must be in [0, 1]")
+    self.consensus = float(consensus)
     # Forward only: never differentiated, so layers may hand each other bfloat16 operands.
     self.conv = ConvOptions(precision, conv_impl, forward_only=True).resolved()
     graphdef, state = nnx.split(model)
@@ -175,24 +188,31 @@ class Interpolator:
     return describe_conv(impl=self.conv.impl, precision=self.conv.precision)
 
   def describe_alignment(self) -> str:
-    """", pre-aligned 0.5 of the way (DIS flow)" for the summaries, or "" without pre-alignment."""
-    return f", pre-aligned {self.align:g} of the way (DIS flow)" if self.align else ""
+    """", pre-aligned 0.5 of the way (DIS flow), consensus 0.75" for the summaries, or "" with
+    neither."""
+    return ((f", pre-aligned {self.align:g} of the way (DIS flow)" if self.align else "")
+            + (f", consensus {self.consensus:g}" if self.consensus else ""))
 
   @classmethod
   def from_checkpoint(cls, path: str | os.PathLike, padding: str = DEFAULT_POLICY,
-                      align: float | None = None, **kwargs) -> Interpolator:
+                      align: float | None = None, consensus: float | None = None,
+                      **kwargs) -> Interpolator:
     """Loads a checkpoint written by `sepconv_jax.save_model` (or converted published weights);
-    `align` None is the checkpoint's own recommendation (`recommended_align`)."""
+    `align` and `consensus` None are the checkpoint's own recommendations (`recommended_align`,
+    `recommended_consensus`)."""
     model, metadata = load_model(path)
     if align is None:
       align = recommended_align(metadata)
+    if consensus is None:
+      consensus = recommended_consensus(metadata)
     return cls(model, channel_order=metadata["channel_order"], padding=padding, align=align,
-               **kwargs)
+               consensus=consensus, **kwargs)
 
   @classmethod
   def default(cls, padding: str = DEFAULT_POLICY, **kwargs) -> Interpolator:
     """The project's default model, shipped in the package (see the README's model card), with
-    its recommended pre-alignment (0.5) unless `align` says otherwise."""
+    its recommended pre-alignment (0.5) and consensus (0.75) unless `align` and `consensus` say
+    otherwise."""
     if not DEFAULT_MODEL_DIR.is_dir():
       raise FileNotFoundError(
           f"no default model shipped yet at {DEFAULT_MODEL_DIR}; pass a checkpoint "
@@ -216,21 +236,30 @@ class Interpolator:
   def _interpolate_float(self, frame0: jax.Array, frame1: jax.Array) -> jax.Array:
     """(B, H, W, 3) float32 in the model's channel order -> the same."""
     captured = frame0, frame1
-    if self.align:
-      frame0, frame1 = self._prealign(frame0, frame1)
+    if self.align or self.consensus:
+      (frame0, frame1), middles = self._warp(frame0, frame1)
     frame0, frame1 = network_frames(frame0, frame1, *captured,
                                     self.config.reads_captured_frames)
     height, width = frame0.shape[1:3]
     if self.max_untiled_pixels is not None and height * width > self.max_untiled_pixels:
-      return self._interpolate_tiled(frame0, frame1)
-    return self._interpolate_padded(frame0, frame1)
+      out = self._interpolate_tiled(frame0, frame1)
+    else:
+      out = self._interpolate_padded(frame0, frame1)
+    if self.consensus:
+      out = jnp.asarray(blend_consensus(np.asarray(out, np.float32), *middles, self.consensus))
+    return out
 
-  def _prealign(self, frame0: jax.Array, frame1: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`alignment.prealign` on the host, whole frames (before any tiling), in RGB order."""
+  def _warp(self, frame0: jax.Array, frame1: jax.Array):
+    """`alignment.warp_pairs` on the host, whole frames (before any tiling), the flow of the RGB
+    frames: ((the pair pre-aligned `align` of the way), (the pair warped all the way, NumPy,
+    or None without consensus)), in the model's channel order."""
     flip = self.channel_order == "BGR"
     rgb0, rgb1 = (np.asarray(f[..., ::-1] if flip else f, np.float32) for f in (frame0, frame1))
-    aligned0, aligned1 = prealign(rgb0, rgb1, self.align)
-    return tuple(jnp.asarray(f[..., ::-1] if flip else f) for f in (aligned0, aligned1))
+    strengths = (self.align, 1.0) if self.consensus else (self.align,)
+    pairs = [tuple(f[..., ::-1] if flip else f for f in pair)
+             for pair in warp_pairs(rgb0, rgb1, strengths)]
+    aligned = tuple(jnp.asarray(f) for f in pairs[0])
+    return aligned, (pairs[1] if self.consensus else None)
 
   def _interpolate_tiled(self, frame0: jax.Array, frame1: jax.Array) -> jax.Array:
     batch, height, width = frame0.shape[:3]

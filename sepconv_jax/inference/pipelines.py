@@ -496,12 +496,12 @@ def interpolate_video(interpolator: Interpolator, source, out, *, factor: int = 
 def load_interpolator(model: str | os.PathLike | None, *, padding: str,
                       max_untiled_pixels: int | None = None,
                       tile_size: int | None = None, ensemble: bool = False,
-                      align: float | None = None, precision: str | None = None
-                      ) -> Interpolator:
+                      align: float | None = None, consensus: float | None = None,
+                      precision: str | None = None) -> Interpolator:
   """The checkpoint at `model`, or the project's default model when `model` is None;
-  `align` the pre-alignment strength (`Interpolator`; None: the checkpoint's own), `precision`
-  None (or "auto") the backend's default."""
-  kwargs = {"ensemble": ensemble, "align": align,
+  `align` the pre-alignment strength and `consensus` the consensus weight (`Interpolator`; None:
+  the checkpoint's own), `precision` None (or "auto") the backend's default."""
+  kwargs = {"ensemble": ensemble, "align": align, "consensus": consensus,
             "precision": None if precision == "auto" else precision}
   if max_untiled_pixels is not None:
     kwargs["max_untiled_pixels"] = max_untiled_pixels
@@ -577,7 +577,8 @@ def _run(args, common: dict) -> int:
     interpolator = load_interpolator(args.model, padding=args.padding,
                                      max_untiled_pixels=args.max_untiled_pixels,
                                      tile_size=args.tile_size, ensemble=args.ensemble,
-                                     align=args.align, precision=args.precision)
+                                     align=args.align, consensus=args.consensus,
+                                     precision=args.precision)
     if args.pair:
       summary = interpolate_pair(interpolator, *args.pair, args.out, overwrite=args.overwrite,
                                  checked=True, **common)

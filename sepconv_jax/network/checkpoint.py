@@ -116,6 +116,13 @@ def recommended_align(metadata: dict[str, Any]) -> float:
   return float((info.get("train_config") or {}).get("prealign", 0.0))
 
 
+def recommended_consensus(metadata: dict[str, Any]) -> float:
+  """The consensus weight a model is meant to run with (`sepconv_jax.inference.alignment.
+  blend_consensus`): its metadata's `info["consensus"]` when set (`sepconv export --info
+  '{"consensus": 0.75}'`), else 0 (the network's frame as it is)."""
+  return float((metadata.get("info") or {}).get("consensus", 0.0))
+
+
 def abstract_model(config: SepConvConfig) -> SepConvNet:
   """A model of `config` whose parameters are shapes only (nothing allocated or initialised)."""
   return nnx.eval_shape(lambda: SepConvNet(config, rngs=nnx.Rngs(0)))
