@@ -73,10 +73,14 @@ def test_forward_only_bfloat16_changes_no_output_bit(tiny_model, impl):
   narrow, wide = run(True), run(False)
   assert narrow.dtype == jnp.float32
   np.testing.assert_array_equal(narrow, wide)
-  if impl == "onednn":  # the first two convolutions of each of the 13 stacks write bfloat16
+  if impl == "onednn":
     jaxpr = str(jax.make_jaxpr(lambda s, a, b: nnx.merge(graphdef, s)(
         a, b, conv=ConvOptions("bfloat16", impl, True)))(state, frame0, frame1))
-    assert len(re.findall(r"bf16\[[0-9,]*\] = ffi_call", jaxpr)) == 26
+    written = len(re.findall(r"bf16\[[0-9,]*\] = ffi_call", jaxpr))
+    # With bfloat16 hardware the first two convolutions of each of the 13 stacks write bfloat16
+    # themselves; without it (AVX2) every convolution runs in float32 on rounded operands and
+    # its result is rounded after (conv_onednn.conv_onednn).
+    assert written == (26 if conv_onednn.bfloat16_native() else 0)
   assert ConvOptions("bfloat16", impl, True).result_dtype(feeds_conv=True) == jnp.bfloat16
   assert ConvOptions("float32", impl, True).result_dtype(feeds_conv=True) == jnp.float32
   assert ConvOptions("bfloat16", impl, True).result_dtype(feeds_conv=False) == jnp.float32
