@@ -36,13 +36,18 @@ def test_the_default_model_is_small_full_width_and_documented():
   assert sepconv_jax.Interpolator is Interpolator  # the README's `from sepconv_jax import ...`
 
 
+def _moving_street(shift: int, left: int = 100):
+  """(first, middle, second): 128x128 crops of the street image moving `shift` px per frame."""
+  image = media.read_image(STREET)
+  crop = lambda offset: image[64:192, left + offset:left + 128 + offset]
+  return crop(0), crop(shift), crop(2 * shift)
+
+
 @pytest.mark.parametrize("shift", [3, 4])
 def test_the_default_model_follows_motion_that_averaging_ghosts(default_interpolator, shift):
   """A real image moving `shift` pixels per frame: the middle frame is known exactly, and frame
   averaging shows a double image that a model which has learned motion must beat clearly."""
-  image = media.read_image(STREET)
-  crop = lambda offset: image[64:192, 160 + offset:288 + offset]
-  first, middle, second = crop(0), crop(shift), crop(2 * shift)
+  first, middle, second = _moving_street(shift, left=160)
   average = scoring.average_baseline(first, second)
   prediction = default_interpolator(first, second)
   assert prediction.dtype == np.uint8 and prediction.shape == first.shape
@@ -53,9 +58,7 @@ def test_the_default_model_recommends_pre_alignment_and_it_helps(default_interpo
   """The default model runs with half the motion pre-aligned (its metadata says so), which beats
   the network alone on a real image moving 3 px per frame (31.9 against 30.4 dB measured)."""
   assert default_interpolator.align == 0.5
-  image = media.read_image(STREET)
-  crop = lambda offset: image[64:192, 100 + offset:228 + offset]
-  first, middle, second = crop(0), crop(3), crop(6)
+  first, middle, second = _moving_street(3)
   alone = Interpolator.default(align=0.0)(first, second)
   aligned = default_interpolator(first, second)
   assert scoring.psnr(aligned, middle) > scoring.psnr(alone, middle) + 0.5
@@ -66,9 +69,7 @@ def test_the_default_model_recommends_consensus_and_it_helps(default_interpolato
   (its metadata says so): on a real image moving 3 px per frame, where the flow is right, that
   beats the network's frame alone."""
   assert default_interpolator.consensus == 0.75
-  image = media.read_image(STREET)
-  crop = lambda offset: image[64:192, 100 + offset:228 + offset]
-  first, middle, second = crop(0), crop(3), crop(6)
+  first, middle, second = _moving_street(3)
   network_only = Interpolator.default(consensus=0.0)(first, second)
   blended = default_interpolator(first, second)
   assert scoring.psnr(blended, middle) > scoring.psnr(network_only, middle) + 0.3
