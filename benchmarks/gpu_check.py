@@ -139,7 +139,8 @@ def operands(batch: int, height: int, width: int, k: int, channels: int = 3):
 
 
 def part_tests(test_filter: str | None) -> list[Row]:
-  command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+  # In this process's device, one test at a time (`-n 0`: no pytest-xdist workers sharing it).
+  command = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
              str(REPO_ROOT / "tests" / "test_sepconv.py")]
   if test_filter:
     command += ["-k", test_filter]

@@ -8,6 +8,9 @@ import pathlib
 # TensorFlow (tf.data) shares the machine with JAX: keep its logs quiet and its hands off any GPU.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# pytest-xdist's workers (pyproject's addopts) share any GPU: none takes 75% of it up front.
+if "PYTEST_XDIST_WORKER" in os.environ:
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 import pytest

@@ -58,14 +58,16 @@ def warp_pairs(frame0: np.ndarray, frame1: np.ndarray, strengths: tuple[float, .
   if not any(strengths):
     return [(frame0, frame1) for _ in strengths]
   downscale = flow_downscale(*frame0.shape[1:3])
-  pairs = [(np.empty_like(frame0), np.empty_like(frame1)) for _ in strengths]
+  # Strength 0 is the identity exactly, and costs no warp (with consensus but no pre-alignment,
+  # only the full warp is needed).
+  moving = tuple(strength for strength in strengths if strength)
+  pairs = [(np.empty_like(frame0), np.empty_like(frame1)) for _ in moving]
   for index, (first, second) in enumerate(zip(frame0, frame1)):
     for (out0, out1), (warped0, warped1) in zip(
-        pairs, warps_to_middle(first, second, strengths, downscale=downscale)):
+        pairs, warps_to_middle(first, second, moving, downscale=downscale)):
       out0[index], out1[index] = warped0, warped1
-  # Strength 0 is the identity exactly (the warp by a zero flow would resample nothing, but why
-  # rely on it).
-  return [(frame0, frame1) if strength == 0.0 else pair for strength, pair in zip(strengths, pairs)]
+  warped = iter(pairs)
+  return [next(warped) if strength else (frame0, frame1) for strength in strengths]
 
 
 # Consensus blending (`blend_consensus`), tuned on the 30 held-out DAVIS gap-2 triplets with the
