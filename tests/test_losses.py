@@ -36,6 +36,29 @@ def test_ssim_matches_scikit_image_gaussian_ssim():
   assert float(losses.ssim(batch["y"], batch["y"])) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_motion_weighted_l1_weights_pixels_by_their_motion():
+  batch, prediction = _batch()
+  still = {**batch, "flow0": np.zeros((2, 24, 20, 2), np.float32)}
+  still["flow1"] = still["flow0"]
+  l1 = float(losses.l1_loss(batch, prediction))
+  # No motion (or weight 0): exactly l1.
+  assert float(losses.make_motion_weighted_l1(3.0)(still, prediction)) == pytest.approx(l1)
+  assert losses.make_motion_weighted_l1(3.0) is losses.make_motion_weighted_l1(3.0)
+  # One pixel moves 8 px to x0 and 20 px to x1 (weight 1 + 3 x min(1, 20 / 16) = 4), another 8 px
+  # to x1 only (1 + 3 x 0.5 = 2.5); the weighted mean against a NumPy one.
+  moving = {**still, "flow0": still["flow0"].copy(), "flow1": still["flow1"].copy()}
+  moving["flow0"][0, 3, 4] = (8.0, 0.0)
+  moving["flow1"][0, 3, 4] = (12.0, -16.0)
+  moving["flow1"][1, 5, 6] = (0.0, 8.0)
+  weights = np.ones((2, 24, 20), np.float32)
+  weights[0, 3, 4], weights[1, 5, 6] = 4.0, 2.5
+  np.testing.assert_allclose(losses.motion_weights(moving, 3.0)[..., 0], weights)
+  error = np.abs(prediction - batch["y"]).mean(axis=-1)
+  expected = (weights * error).sum() / weights.sum()
+  got = float(losses.make_motion_weighted_l1(3.0)(moving, prediction))
+  assert got == pytest.approx(expected, rel=1e-5) and got != pytest.approx(l1, rel=1e-5)
+
+
 @pytest.mark.parametrize("name", ["l1", "l2", "ssim"])
 def test_losses_are_differentiable_and_decrease_towards_the_target(name):
   batch, prediction = _batch(1)

@@ -40,6 +40,7 @@ def _run(*args, timeout=300, cwd=REPO_ROOT):
     (["--workdir", "w", "--captured-input"], 1, "needs prealign > 0"),
     (["--workdir", "w", "--captured-input", "--unaligned-sources"], 2, "not allowed with"),
     (["--workdir", "w", "--unaligned-lr-scale", "10"], 1, "unaligned_lr_scale must be"),
+    (["--workdir", "w", "--motion-weight", "2", "--loss", "l2"], 1, "only the l1 loss"),
 ])
 def test_usage_errors_are_one_line(tmp_path, args, code, message):
   done = _run(*[a if a != "w" else tmp_path / "w" for a in args])

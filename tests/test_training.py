@@ -256,6 +256,22 @@ def test_flow_guided_training_adds_the_centroid_term(data_dir, tmp_path):
     config.with_overrides(centroid_flows="farneback")
 
 
+def test_motion_weighted_training_gets_the_flows(data_dir, tmp_path):
+  config = tiny(data_dir, steps=2, steps_per_epoch=2, checkpoint_every=2, num_samples=0,
+                motion_weight=3.0)
+  result = loop.train(config, tmp_path / "w", progress=False)
+  assert result.step == 2 and all(np.isfinite(loss) for _, loss in result.history)
+  # Not the plain l1 run's losses: the same data, weighted by the crops' motion.
+  plain = loop.train(config.with_overrides(motion_weight=0.0), tmp_path / "plain", progress=False)
+  assert result.history[0][1] != pytest.approx(plain.history[0][1], rel=1e-6)
+  for overrides, message in (({"motion_weight": -1.0}, "must not be negative"),
+                             ({"loss": "l2"}, "only the l1 loss"),
+                             ({"synthetic_objects": 1.0, "centroid_flows": "objects"},
+                              "optical flows of every crop")):
+    with pytest.raises(ValueError, match=message):
+      config.with_overrides(**overrides)
+
+
 def test_alternate_crops_train_every_second_step_on_the_other_size(tmp_path):
   data_dir = synthetic.prepare_training_cache(tmp_path / "cache", patch_size=64)
   config = tiny(data_dir, crop_size=64, batch_size=2, alternate_crop_size=32,

@@ -128,6 +128,9 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
                       "the optical flow to the true middle frame (pixels; 0: off)")
   p.add_argument("--centroid-steps", type=positive(int), metavar="N",
                  help="anneal --centroid-weight linearly to 0 at step N (default: constant)")
+  p.add_argument("--motion-weight", type=float, metavar="A",
+                 help="weight the l1 loss of each pixel by 1 + A x min(1, its motion / 16 px), "
+                      "the optical flow to the true middle frame (default 0: plain l1)")
   p.add_argument("--ema-decay", type=float, metavar="D",
                  help="validate, rank and save an exponential moving average of the parameters "
                       "(each step: D x average + (1 - D) x parameters; 0.999 spans about 1,000 "
@@ -200,7 +203,7 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         num_samples=args.samples, full_validation=args.full_validation,
         full_validation_gap=args.full_validation_gap, centroid_weight=args.centroid_weight,
         centroid_steps=args.centroid_steps, centroid_flows=args.centroid_flows,
-        ema_decay=args.ema_decay,
+        motion_weight=args.motion_weight, ema_decay=args.ema_decay,
         precision=None if args.precision in (None, "auto") else args.precision)
     if args.epochs is not None:  # --epochs given: the config's step count must not win
       config = dataclasses.replace(config, steps=None)

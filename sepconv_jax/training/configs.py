@@ -119,6 +119,10 @@ class TrainConfig:
     centroid_flows: The flows that loss pulls towards: "dis" (OpenCV's DIS on every crop, where
       it passes its forward-backward check) or "objects" (only the synthetic objects' pixels,
       whose flow is exact: `sepconv_data.pipeline.object_flows`; needs `synthetic_objects`).
+    motion_weight: Weight the l1 loss by each pixel's motion (`losses.make_motion_weighted_l1`:
+      1 + `motion_weight` x min(1, motion / 16 px), the DIS flow from the true middle frame to the
+      (pre-aligned) crop's frames, computed by the data pipeline as for the centroid term), so
+      that the few pixels that move most carry more of the signal. 0: plain l1.
     ema_decay: Polyak averaging: keep an exponential moving average of the parameters, updated
       after every step as `ema_decay * average + (1 - ema_decay) * parameters` from the run's
       initial parameters (so at 0.999 it spans about the last 1,000 steps, and early on it is a
@@ -171,6 +175,7 @@ class TrainConfig:
   centroid_weight: float = 0.0
   centroid_steps: int | None = None
   centroid_flows: str = "dis"
+  motion_weight: float = 0.0
   ema_decay: float | None = None
   precision: str | None = None
 
@@ -242,6 +247,12 @@ class TrainConfig:
     if self.centroid_flows == "objects" and self.centroid_weight and not self.synthetic_objects:
       raise ValueError("centroid_flows 'objects' needs synthetic_objects > 0 (the objects' "
                        "flows are the targets)")
+    if self.motion_weight < 0 or (self.motion_weight and self.loss != "l1"):
+      raise ValueError(f"motion_weight must not be negative, and weights only the l1 loss, got "
+                       f"{self.motion_weight} with loss {self.loss!r}")
+    if self.motion_weight and self.centroid_flows == "objects":
+      raise ValueError("motion_weight needs the optical flows of every crop (centroid_flows "
+                       "'dis'), not the synthetic objects' only")
     if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
       raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
     if self.full_validation_gap < 1:

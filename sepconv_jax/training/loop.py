@@ -207,7 +207,8 @@ def _train_batches(config: TrainConfig, data: _Data):
   from sepconv_data import pipeline  # pylint: disable=import-outside-toplevel
   common = dict(process_index=jax.process_index(), process_count=jax.process_count(),
                 shuffle_buffer=config.shuffle_buffer, threads=config.data_threads,
-                flows=bool(config.centroid_weight), max_flow=config.max_flow,
+                flows=bool(config.centroid_weight or config.motion_weight),
+                max_flow=config.max_flow,
                 synthetic_objects=config.synthetic_objects,
                 all_orientations=config.all_orientations,
                 channel_permutation=config.channel_permutation, prealign=config.prealign,
@@ -608,7 +609,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
   workdir = pathlib.Path(workdir).absolute()
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
-  loss_fn = losses.get_loss(config.loss, nu=config.nu, vgg_weights=config.vgg_weights)
+  loss_fn = (losses.make_motion_weighted_l1(config.motion_weight) if config.motion_weight else
+             losses.get_loss(config.loss, nu=config.nu, vgg_weights=config.vgg_weights))
   mesh = make_mesh()
 
   manager = checkpoint_manager(workdir / CHECKPOINT_DIR, config.keep_checkpoints)

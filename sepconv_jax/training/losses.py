@@ -9,6 +9,10 @@
   vgg      mean squared distance of VGG-19 relu4_4 features (needs local ImageNet weights)
   l1+vgg   l1 + nu * vgg, nu = 1e-5 by default (the replication used 1e-5 and 5e-5)
 
+`motion_weighted_l1` weights l1 by each pixel's motion (the optical flow from the true middle
+frame, as the flow-guided term below uses), for training that puts more of its signal on the
+large motion.
+
 An auxiliary term on the kernel maps rather than the frame, for flow-guided training:
 `kernel_centroid_loss` pulls each kernel's centroid to the optical flow from the true middle
 frame (privileged information, as in IFRNet's and RIFE's distillation), weighted by
@@ -17,6 +21,7 @@ frame (privileged information, as in IFRNet's and RIFE's distillation), weighted
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Mapping
 
@@ -108,6 +113,35 @@ def get_loss(name: str, *, nu: float = 1e-5,
     vgg_loss = make_vgg_loss(vgg_weights)
     return lambda batch, prediction: l1_loss(batch, prediction) + nu * vgg_loss(batch, prediction)
   raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+
+
+# Motion weighting: a pixel's weight grows linearly with its motion up to this many pixels (the
+# full-frame validation's large-motion bucket starts here), then stays.
+MOTION_WEIGHT_PIXELS = 16.0
+
+
+def motion_weights(batch: Batch, weight: float) -> jax.Array:
+  """(B, H, W, 1): 1 + `weight` x min(1, m / MOTION_WEIGHT_PIXELS), with m the larger of the two
+  flows' lengths from the true middle frame ("flow0", "flow1" as `kernel_centroid_loss` takes them,
+  here wherever the flow is, valid or not: a flow that fails its check is hard motion too)."""
+  motion = jnp.maximum(jnp.linalg.norm(batch["flow0"], axis=-1),
+                       jnp.linalg.norm(batch["flow1"], axis=-1))
+  return (1.0 + weight * jnp.minimum(motion / MOTION_WEIGHT_PIXELS, 1.0))[..., None]
+
+
+@functools.lru_cache(maxsize=8)
+def make_motion_weighted_l1(weight: float) -> Loss:
+  """l1 as a weighted mean over pixels, each weighted by `motion_weights(batch, weight)`: with
+  `weight` 0 exactly `l1_loss`; with 3, a pixel moving 16 px or more counts four times a still
+  one. Only for training (the batch needs the flows). Cached: one function per weight, so that the
+  training step compiles once per setting."""
+
+  def motion_weighted_l1(batch: Batch, prediction: jax.Array) -> jax.Array:
+    weights = motion_weights(batch, weight)
+    error = jnp.mean(jnp.abs(prediction - batch["y"]), axis=-1, keepdims=True)
+    return jnp.sum(weights * error) / jnp.sum(jnp.broadcast_to(weights, error.shape))
+
+  return motion_weighted_l1
 
 
 # ------------------------------------------------------------------------------------------------
