@@ -57,6 +57,9 @@ def test_motion_weighted_l1_weights_pixels_by_their_motion():
   expected = (weights * error).sum() / weights.sum()
   got = float(losses.make_motion_weighted_l1(3.0)(moving, prediction))
   assert got == pytest.approx(expected, rel=1e-5) and got != pytest.approx(l1, rel=1e-5)
+  assert losses.get_loss("l1", motion_weight=3.0) is losses.make_motion_weighted_l1(3.0)
+  with pytest.raises(ValueError, match="only the l1 loss"):
+    losses.get_loss("l2", motion_weight=3.0)
 
 
 @pytest.mark.parametrize("name", ["l1", "l2", "ssim"])

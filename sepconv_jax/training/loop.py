@@ -609,8 +609,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
   workdir = pathlib.Path(workdir).absolute()
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
-  loss_fn = (losses.make_motion_weighted_l1(config.motion_weight) if config.motion_weight else
-             losses.get_loss(config.loss, nu=config.nu, vgg_weights=config.vgg_weights))
+  loss_fn = losses.get_loss(config.loss, nu=config.nu, vgg_weights=config.vgg_weights,
+                            motion_weight=config.motion_weight)
   mesh = make_mesh()
 
   manager = checkpoint_manager(workdir / CHECKPOINT_DIR, config.keep_checkpoints)

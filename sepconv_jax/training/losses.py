@@ -98,11 +98,14 @@ def make_vgg_loss(weights_path: str | os.PathLike | None) -> Loss:
   return vgg_loss
 
 
-def get_loss(name: str, *, nu: float = 1e-5,
-             vgg_weights: str | os.PathLike | None = None) -> Loss:
-  """The loss called `name` (one of `LOSSES`); `nu` weights the VGG term of "l1+vgg"."""
+def get_loss(name: str, *, nu: float = 1e-5, vgg_weights: str | os.PathLike | None = None,
+             motion_weight: float = 0.0) -> Loss:
+  """The loss called `name` (one of `LOSSES`); `nu` weights the VGG term of "l1+vgg", and
+  `motion_weight` > 0 weights "l1" by each pixel's motion (`make_motion_weighted_l1`)."""
+  if motion_weight and name != "l1":
+    raise ValueError(f"motion_weight weights only the l1 loss, not {name!r}")
   if name == "l1":
-    return l1_loss
+    return make_motion_weighted_l1(motion_weight) if motion_weight else l1_loss
   if name == "l2":
     return l2_loss
   if name == "ssim":
@@ -139,7 +142,7 @@ def make_motion_weighted_l1(weight: float) -> Loss:
   def motion_weighted_l1(batch: Batch, prediction: jax.Array) -> jax.Array:
     weights = motion_weights(batch, weight)
     error = jnp.mean(jnp.abs(prediction - batch["y"]), axis=-1, keepdims=True)
-    return jnp.sum(weights * error) / jnp.sum(jnp.broadcast_to(weights, error.shape))
+    return jnp.sum(weights * error) / jnp.sum(weights)
 
   return motion_weighted_l1
 
