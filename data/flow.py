@@ -19,6 +19,9 @@ import numpy as np
 CONSISTENCY_ALPHA = 0.01
 CONSISTENCY_BETA = 0.5
 
+# The smallest frame side DIS is given (`dis_flow` pads smaller frames to it).
+MIN_DIS_SIZE = 16
+
 _local = threading.local()  # one DIS instance per thread (tf.data calls from several)
 
 
@@ -38,8 +41,17 @@ def _grey(frame: np.ndarray, downscale: int) -> np.ndarray:
 
 def dis_flow(first: np.ndarray, second: np.ndarray, *, downscale: int = 1) -> np.ndarray:
   """The flow from `first` to `second` (module docstring), computed at 1/`downscale` resolution
-  and given in that resolution's pixels times `downscale` (full-resolution pixels)."""
-  return _dis().calc(_grey(first, downscale), _grey(second, downscale), None) * downscale
+  and given in that resolution's pixels times `downscale` (full-resolution pixels). Frames of
+  any size, down to 1x1."""
+  grey0, grey1 = _grey(first, downscale), _grey(second, downscale)
+  height, width = grey0.shape
+  # DIS rejects frames under 8 px a side or under 12 px on both (its 8 px patches and pyramid):
+  # smaller ones are padded with their edges, and the flow cropped back.
+  pad_y, pad_x = max(0, MIN_DIS_SIZE - height), max(0, MIN_DIS_SIZE - width)
+  if pad_y or pad_x:
+    grey0, grey1 = (cv2.copyMakeBorder(grey, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
+                    for grey in (grey0, grey1))
+  return _dis().calc(grey0, grey1, None)[:height, :width] * downscale
 
 
 def flow_magnitude(first: np.ndarray, second: np.ndarray, *, downscale: int = 1) -> np.ndarray:

@@ -102,6 +102,21 @@ def test_flow_downscale_keeps_flows_small():
   assert alignment.flow_downscale(2160, 3840) == 4
 
 
+@pytest.mark.parametrize("height,width", [(1, 1), (5, 7), (11, 11), (2, 300), (40, 3)])
+def test_dis_flow_takes_frames_smaller_than_dis_does(height, width):
+  # DIS itself rejects these sizes (under 8 px a side, or under 12 on both).
+  frame = np.clip(np.rint(_textured(height, width) * 255), 0, 255).astype(np.uint8)
+  still = flow.dis_flow(frame, frame)
+  assert still.shape == (height, width, 2)
+  np.testing.assert_allclose(still, 0.0, atol=0.05)
+
+
+def test_interpolator_aligns_frames_smaller_than_dis_takes(model):  # noqa: F811
+  first, second = _textured(5, 7, -1), _textured(5, 7, 1)
+  out = np.asarray(Interpolator(model, align=0.5, consensus=0.75)(first, second))
+  assert out.shape == (5, 7, 3) and np.isfinite(out).all()
+
+
 def test_interpolator_runs_the_network_on_the_aligned_pair(model):  # noqa: F811
   first, second = _textured(64, 80, -4), _textured(64, 80, 4)
   aligned0, aligned1 = alignment.prealign(first[None], second[None], 0.5)
