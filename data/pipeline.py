@@ -353,12 +353,14 @@ def _check_crop(dataset: tf.data.Dataset, crop_size: int) -> None:
 def read_split(data_dir: str | os.PathLike, split: str, *, process_index: int = 0,
                process_count: int = 1, shuffle_files: bool = False, seed: int = 0,
                drop_remainder: bool = True, config: str | None = None,
-               max_flow: float | None = None) -> tf.data.Dataset:
+               max_flow: float | None = None, min_flow: float | None = None
+               ) -> tf.data.Dataset:
   """This host's share of a split of the prepared cache, as {"x0", "y", "x1"} uint8 examples;
-  with `max_flow`, only the patches whose cached mean |flow| from x0 to x1 (full-resolution
-  pixels) is at most that."""
-  if max_flow is not None and not max_flow > 0:
-    raise ValueError(f"{max_flow=} must be positive")
+  with `max_flow` (`min_flow`), only the patches whose cached mean |flow| from x0 to x1
+  (full-resolution pixels) is at most (at least) that."""
+  for name, value in (("max_flow", max_flow), ("min_flow", min_flow)):
+    if value is not None and not value > 0:
+      raise ValueError(f"{name}={value} must be positive")
   cache = builder.load_builder(data_dir, config)
   if split not in cache.info.splits:
     raise builder.CacheError(f"the cache in {data_dir} has no {split!r} split "
@@ -370,6 +372,8 @@ def read_split(data_dir: str | os.PathLike, split: str, *, process_index: int = 
       decoders={"sequence": tfds.decode.SkipDecoding()})
   if max_flow is not None:
     dataset = dataset.filter(lambda example: example["flow"] <= max_flow)
+  if min_flow is not None:
+    dataset = dataset.filter(lambda example: example["flow"] >= min_flow)
   return dataset.map(lambda example: {k: example[k] for k in FRAMES})
 
 
@@ -378,14 +382,16 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
                   shuffle_buffer: int = 1024, threads: int = 2, repeat: bool = True,
                   split: str = builder.TRAIN, config: str | None = None,
                   min_scale: float = 1.0, flows: bool = False,
-                  max_flow: float | None = None, synthetic_objects: float = 0.0,
+                  max_flow: float | None = None, min_flow: float | None = None,
+                  synthetic_objects: float = 0.0,
                   object_flows_only: bool = False, all_orientations: bool = False,
                   channel_permutation: bool = False, prealign: float = 0.0,
                   keep_captured: bool = False) -> tf.data.Dataset:
   """Endless (unless repeat=False) augmented training batches for this host, fixed by `seed`;
   with `flows`, also the optical flows of each crop (module docstring), or with
   `object_flows_only` instead the exact flows of the pasted objects only (`augment`); with
-  `max_flow`, from the patches that move at most that much only (`read_split`); with
+  `max_flow` (`min_flow`), from the patches that move at most (at least) that much only
+  (`read_split`); with
   `synthetic_objects`, that share of the crops carries a pasted moving object, and
   `all_orientations` and `channel_permutation` add symmetries and colour orders, and `prealign`
   pre-aligns the input frames, keeping the captured ones too with `keep_captured`
@@ -400,12 +406,15 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
     raise ValueError("object_flows_only needs synthetic_objects > 0 (the objects' flows)")
   dataset = read_split(data_dir, split, process_index=process_index,
                        process_count=process_count, shuffle_files=True, seed=seed,
-                       drop_remainder=True, config=config, max_flow=max_flow)
+                       drop_remainder=True, config=config, max_flow=max_flow,
+                       min_flow=min_flow)
   _check_crop(dataset, crop_size)
-  if max_flow is not None and not any(True for _ in dataset.take(1)):
+  if (max_flow, min_flow) != (None, None) and not any(True for _ in dataset.take(1)):
     # An empty filtered split would make the repeated pipeline below spin forever.
-    raise ValueError(f"no training patch in {os.fspath(data_dir)} moves at most {max_flow=} px "
-                     "between its input frames")
+    bounds = " and ".join(f"{word} {value:g} px" for word, value in
+                          (("at least", min_flow), ("at most", max_flow)) if value is not None)
+    raise ValueError(f"no training patch in {os.fspath(data_dir)} moves {bounds} between its "
+                     "input frames")
   if shuffle_buffer > 1:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:

@@ -181,24 +181,31 @@ def test_train_pipeline_batches_are_deterministic_and_host_sharded(cache):
     pipeline.read_split(data_dir, "train", process_index=2, process_count=2)
 
 
-def test_max_flow_keeps_exactly_the_patches_that_move_at_most_that_much(cache):
+def test_max_and_min_flow_keep_exactly_the_patches_that_move_that_much(cache):
   _, data_dir = cache
   examples = _examples(data_dir, "train")
   flows = np.array([e["flow"] for e in examples])
   threshold = float(np.median(flows))
-  expected = {e["x0"].tobytes() for e in examples if e["flow"] <= threshold}
-  assert 0 < len(expected) < len(examples)
-  kept = {e["x0"].numpy().tobytes()
-          for e in pipeline.read_split(data_dir, "train", max_flow=threshold)}
-  assert kept == expected
+  for bound, keeps in (("max_flow", lambda flow: flow <= threshold),
+                       ("min_flow", lambda flow: flow >= threshold)):
+    expected = {e["x0"].tobytes() for e in examples if keeps(e["flow"])}
+    assert 0 < len(expected) < len(examples)
+    kept = {e["x0"].numpy().tobytes()
+            for e in pipeline.read_split(data_dir, "train", **{bound: threshold})}
+    assert kept == expected, bound
   batch = next(iter(pipeline.train_dataset(data_dir, batch_size=2, crop_size=32,
                                             max_flow=threshold)))
   assert batch["y"].shape == (2, 32, 32, 3)
   # Nothing left: an error, not an endless search for a first batch.
   with pytest.raises(ValueError, match="no training patch"):
     pipeline.train_dataset(data_dir, crop_size=32, max_flow=float(flows.min()) / 2)
+  with pytest.raises(ValueError, match="at least .* px and at most .* px"):
+    pipeline.train_dataset(data_dir, crop_size=32, min_flow=threshold + 1e-3,
+                           max_flow=threshold)
   with pytest.raises(ValueError, match="max_flow"):
     pipeline.read_split(data_dir, "train", max_flow=0.0)
+  with pytest.raises(ValueError, match="min_flow"):
+    pipeline.read_split(data_dir, "train", min_flow=-1.0)
 
 
 def test_validation_pipeline_is_plain(cache):

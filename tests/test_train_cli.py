@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from sepconv_jax import load_model
+from sepconv_jax.commands import train as train_command
 from tests import synthetic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ def _run(*args, timeout=300, cwd=REPO_ROOT):
     (["--workdir", "w", "--final-lr", "1e-5"], 2, "--final-lr needs --decay"),
     (["--workdir", "w", "--precision", "float16"], 2, "invalid choice"),
     (["--workdir", "w", "--max-flow", "-3"], 2, "must be positive"),
+    (["--workdir", "w", "--alternate-min-flow", "20"], 1, "needs alternate_crop_size"),
     (["--workdir", "w", "--ema-decay", "1"], 1, "ema_decay must be in (0, 1)"),
     (["--workdir", "w", "--synthetic-objects", "1.5"], 1, "synthetic_objects must be in [0, 1]"),
     (["--workdir", "w", "--prealign", "2"], 2, "must be in [0, 1]"),
@@ -42,8 +44,25 @@ def _run(*args, timeout=300, cwd=REPO_ROOT):
     (["--workdir", "w", "--unaligned-lr-scale", "10"], 1, "unaligned_lr_scale must be"),
     (["--workdir", "w", "--motion-weight", "2", "--loss", "l2"], 1, "only the l1 loss"),
 ])
-def test_usage_errors_are_one_line(tmp_path, args, code, message):
-  done = _run(*[a if a != "w" else tmp_path / "w" for a in args])
+def test_usage_errors_are_one_line(tmp_path, capsys, args, code, message):
+  # In this process (a new one per case costs the imports, half a minute on 2 cores); the
+  # subprocess test below checks that nothing else reaches a real run's stderr.
+  try:
+    returned = train_command.main([str(tmp_path / "w") if a == "w" else a for a in args])
+  except SystemExit as exit_:  # argparse's usage errors
+    returned = exit_.code
+  assert returned == code
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and "error:" in lines[0] and message in lines[0], lines
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--lr", "-1"], 2, "must be positive"),
+    (["--min-scale", "1.5"], 1, "min_scale must be in (0, 1]"),
+])
+def test_usage_errors_are_one_line_in_a_real_process(tmp_path, args, code, message):
+  done = _run("--workdir", tmp_path / "w", *args)
   assert done.returncode == code
   lines = done.stderr.strip().splitlines()
   assert len(lines) == 1 and "error:" in lines[0] and message in lines[0], done.stderr
@@ -93,5 +112,4 @@ def test_tiny_run_end_to_end(tmp_path):
 def test_config_choices_mirror_the_library():
   """train.py lists the config names itself (its --help must not import jax): keep them in step."""
   from sepconv_jax.training import configs  # pylint: disable=import-outside-toplevel
-  from sepconv_jax.commands import train as script  # pylint: disable=import-outside-toplevel
-  assert tuple(script.CONFIGS) == tuple(configs.CONFIGS)
+  assert tuple(train_command.CONFIGS) == tuple(configs.CONFIGS)

@@ -291,6 +291,24 @@ def test_alternate_crops_train_every_second_step_on_the_other_size(tmp_path):
     config.with_overrides(alternate_min_scale=0.0)
 
 
+def test_alternate_min_flow_picks_the_alternate_crops_patches_only(data_dir):
+  config = tiny(data_dir, crop_size=32, batch_size=2, alternate_crop_size=32,
+                alternate_min_flow=1e6)  # no synthetic patch moves that much
+  with pytest.raises(ValueError, match="no training patch .* at least 1e\\+06 px"):
+    loop._train_batches(config, loop._open_data(config))
+  # The main crops keep every patch: the same batches as without the bound.
+  config = config.with_overrides(alternate_min_flow=1e-3)
+  plain = dataclasses.replace(config, alternate_min_flow=None)
+  first, second = (next(iter(loop._train_batches(c, loop._open_data(c)))) for c in (config, plain))
+  np.testing.assert_array_equal(first["y"], second["y"])
+  with pytest.raises(ValueError, match="needs alternate_crop_size"):
+    dataclasses.replace(config, alternate_crop_size=None)
+  with pytest.raises(ValueError, match="at most max_flow"):
+    config.with_overrides(max_flow=1e-4)
+  with pytest.raises(ValueError, match="alternate_min_flow must be positive"):
+    config.with_overrides(alternate_min_flow=0.0)
+
+
 def test_max_flow_reaches_the_training_pipeline(data_dir):
   config = tiny(data_dir, max_flow=1e-3)  # the synthetic patches all move more
   with pytest.raises(ValueError, match="no training patch"):

@@ -80,6 +80,10 @@ def build_parser(prog: str = "sepconv train") -> argparse.ArgumentParser:
                  help="train only on patches whose mean motion between the two input frames "
                       "is at most PX pixels (the cache's DIS flow; the 51-tap kernels follow "
                       "at most 50; default: every patch)")
+  p.add_argument("--alternate-min-flow", type=positive(float), metavar="PX",
+                 help="the --alternate-crop-size crops come only from patches whose mean motion "
+                      "between the input frames is at least PX pixels (large crops for large "
+                      "motion; default: every patch)")
   p.add_argument("--synthetic-objects", type=float, metavar="P",
                  help="paste a rigid object moving 2-24 px from the middle frame over this share "
                       "of the training crops (large motion with a known answer; default 0)")
@@ -190,6 +194,7 @@ def main(argv=None, prog: str = "sepconv train") -> int:
         learning_rate=args.lr, batch_size=args.batch_size, crop_size=args.crop_size,
         min_scale=args.min_scale, alternate_crop_size=args.alternate_crop_size,
         alternate_min_scale=args.alternate_min_scale, max_flow=args.max_flow,
+        alternate_min_flow=args.alternate_min_flow,
         synthetic_objects=args.synthetic_objects,
         all_orientations=args.all_orientations or None,
         channel_permutation=args.channel_permutation or None, prealign=args.prealign,

@@ -72,6 +72,10 @@ class TrainConfig:
       K // 2 pixels from the middle frame, 2 * (K // 2) = 50 from x0 to x1 at K = 51: a patch
       moving farther cannot be followed, and its best L1 answer is a wide kernel, which is blur.
       None: every patch. (`steps_per_epoch`'s default still counts every patch.)
+    alternate_min_flow: The alternate crops (only) come from the patches that move at least
+      this much (pixels, as `max_flow`), so that the large crops, which can hold an object and
+      its displacement at once, carry the large motion, while the main crops keep every patch.
+      None: every patch (up to `max_flow`).
     synthetic_objects: The share of training crops (both sizes with mixed crops) over which a
       rigid elliptical object moving at constant velocity is pasted, 2 to 24 px from the middle
       frame in a random direction (at most a fifth of the crop side), its texture the middle
@@ -152,6 +156,7 @@ class TrainConfig:
   alternate_crop_size: int | None = None
   alternate_min_scale: float = 1.0
   max_flow: float | None = None
+  alternate_min_flow: float | None = None
   synthetic_objects: float = 0.0
   all_orientations: bool = False
   channel_permutation: bool = False
@@ -225,6 +230,13 @@ class TrainConfig:
                          f"many pixels")
     if self.max_flow is not None and not self.max_flow > 0:
       raise ValueError(f"max_flow must be positive (pixels) or None, got {self.max_flow}")
+    if self.alternate_min_flow is not None:
+      if self.alternate_crop_size is None:
+        raise ValueError("alternate_min_flow needs alternate_crop_size (it picks those crops' "
+                         "patches)")
+      if not 0 < self.alternate_min_flow <= (self.max_flow or float("inf")):
+        raise ValueError(f"alternate_min_flow must be positive (pixels) and at most max_flow "
+                         f"({self.max_flow}), got {self.alternate_min_flow}")
     if not 0.0 <= self.synthetic_objects <= 1.0:
       raise ValueError(f"synthetic_objects must be in [0, 1], got {self.synthetic_objects}")
     if not 0.0 <= self.prealign <= 1.0:

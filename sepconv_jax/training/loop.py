@@ -222,7 +222,7 @@ def _train_batches(config: TrainConfig, data: _Data):
   alternate = pipeline.train_dataset(
       data.data_dir, batch_size=config.alternate_batch_size // jax.process_count(),
       crop_size=config.alternate_crop_size, seed=config.seed + ALTERNATE_SEED_OFFSET,
-      min_scale=config.alternate_min_scale, **common)
+      min_scale=config.alternate_min_scale, min_flow=config.alternate_min_flow, **common)
   return pipeline.alternate(dataset, alternate)
 
 
