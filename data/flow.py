@@ -25,10 +25,27 @@ MIN_DIS_SIZE = 16
 _local = threading.local()  # one DIS instance per thread (tf.data calls from several)
 
 
+def _settings(dis: cv2.DISOpticalFlow) -> tuple[int, ...]:
+  return (dis.getFinestScale(), dis.getPatchSize(), dis.getPatchStride(),
+          dis.getGradientDescentIterations(), dis.getVariationalRefinementIterations())
+
+
 def _dis() -> cv2.DISOpticalFlow:
   if not hasattr(_local, "dis"):
     _local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    _local.settings = _settings(_local.dis)
   return _local.dis
+
+
+def _calc(grey0: np.ndarray, grey1: np.ndarray) -> np.ndarray:
+  dis = _dis()
+  flow = dis.calc(grey0, grey1, None)
+  # DIS changes its own settings for good on a frame too small for its pyramid (under about 46
+  # px: the finest scale drops from 1 to 0), and every later flow of that instance would differ:
+  # start a fresh one instead.
+  if _settings(dis) != _local.settings:
+    del _local.dis
+  return flow
 
 
 def _grey(frame: np.ndarray, downscale: int) -> np.ndarray:
@@ -51,7 +68,7 @@ def dis_flow(first: np.ndarray, second: np.ndarray, *, downscale: int = 1) -> np
   if pad_y or pad_x:
     grey0, grey1 = (cv2.copyMakeBorder(grey, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
                     for grey in (grey0, grey1))
-  return _dis().calc(grey0, grey1, None)[:height, :width] * downscale
+  return _calc(grey0, grey1)[:height, :width] * downscale
 
 
 def flow_magnitude(first: np.ndarray, second: np.ndarray, *, downscale: int = 1) -> np.ndarray:

@@ -111,6 +111,18 @@ def test_dis_flow_takes_frames_smaller_than_dis_does(height, width):
   np.testing.assert_allclose(still, 0.0, atol=0.05)
 
 
+def test_a_small_frame_leaves_later_flows_alone():
+  # DIS lowers its finest scale for good on a frame under ~46 px (then a fresh instance is used).
+  def as_uint8(frame):
+    return np.clip(np.rint(frame * 255), 0, 255).astype(np.uint8)
+  first, second = as_uint8(_textured(96, 128, -3)), as_uint8(_textured(96, 128, 3))
+  before = flow.dis_flow(first, second)
+  tiny = as_uint8(_textured(20, 20))
+  flow.dis_flow(tiny, tiny)
+  np.testing.assert_array_equal(flow.dis_flow(first, second), before)
+  assert flow._dis().getFinestScale() == 1  # the MEDIUM preset's
+
+
 def test_interpolator_aligns_frames_smaller_than_dis_takes(model):  # noqa: F811
   first, second = _textured(5, 7, -1), _textured(5, 7, 1)
   out = np.asarray(Interpolator(model, align=0.5, consensus=0.75)(first, second))

@@ -530,7 +530,8 @@ def test_sigkill_never_leaves_an_unrestorable_checkpoint(data_dir, tmp_path):
                                cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-      deadline = time.monotonic() + 120
+      # Generous: on 2 loaded cores the imports, compilation and first save take minutes.
+      deadline = time.monotonic() + 600
       start = len(list((workdir / "checkpoints").glob("[0-9]*")))
       # Wait until this run has saved at least one checkpoint, then kill at a random moment
       # (saves happen every step, so often during one).
@@ -541,6 +542,8 @@ def test_sigkill_never_leaves_an_unrestorable_checkpoint(data_dir, tmp_path):
         if attempt > 0 and len(names) > start:
           break
         time.sleep(0.05)
+      else:
+        pytest.fail(f"attempt {attempt}: no new checkpoint within 600 s (or the run ended)")
       time.sleep(rng.uniform(0.0, 1.5))
       assert process.poll() is None, "the training subprocess ended by itself"
     finally:
