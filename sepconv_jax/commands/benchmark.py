@@ -24,7 +24,6 @@ from typing import Sequence
 from sepconv_jax.commands import add_alignment_arguments, add_version_argument
 from sepconv_jax.evaluation import datasets, runner, scoring
 from sepconv_jax.inference import media
-from sepconv_jax.network.checkpoint import CheckpointError
 
 EPILOG = """\
 datasets (--root):
@@ -267,6 +266,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "sepconv benchmark") -> 
     print(f"error: {error} (see --help)", file=sys.stderr)
     return 2
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # Only now: it imports jax, which `--help` and usage errors need not wait for.
+  from sepconv_jax.network.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
   try:
     return run(args)
   except (datasets.EvaluationError, media.MediaError, CheckpointError) as error:
