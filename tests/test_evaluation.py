@@ -273,6 +273,25 @@ def test_psnr_by_motion_buckets_pixels_by_optical_flow(real_pair):
                                scoring.average_baseline, dataset="t", model="m", motion=True)
   assert report.psnr_motion == pytest.approx(scores)
   assert report.to_json()["per_item"]["t"]["psnr_motion"] == pytest.approx(scores)
+  # One item: pooling changes nothing.
+  assert report.psnr_motion_pooled == pytest.approx(scores)
+
+
+def test_pooled_motion_psnr_weighs_each_pixel_once():
+  truth = np.full((4, 10, 3), 100, np.uint8)
+  motion = np.zeros((4, 10))
+  motion[:, :1] = 20.0  # 4 pixels move fast, the rest are still
+  off_by_4, off_by_1 = truth + 4, truth + 1
+  report = runner.Report("d", "m", [
+      runner.ItemResult(name, 0.0, 1.0, 0.0,
+                        motion_error=scoring.squared_error_by_motion(prediction, truth, motion))
+      for name, prediction in (("a", off_by_4), ("b", off_by_1))])
+  # The fast pixels: errors 4 and 1, pooled MSE 8.5; still ones the same (36 pixels each).
+  expected = 10 * np.log10(255**2 / 8.5)
+  assert report.psnr_motion_pooled[">16px"] == pytest.approx(expected)
+  assert report.psnr_motion_pooled["<4px"] == pytest.approx(expected)
+  assert report.psnr_motion_pooled["4-16px"] is None  # no pixel there
+  assert scoring.psnr_from_squared_error(0.0, 12) is None
 
 
 def _one_hot_maps(offset_x, offset_y, size, shape):
@@ -405,6 +424,14 @@ def test_cli_baseline_table(tmp_path, capsys, ucf_root):
   assert report["model"] == "baseline:average" and report["count"] == 2
   assert set(report["per_item"]) == {"1", "11"}
   assert {"ssim_gaussian", "psnr_masked"} <= set(report["per_item"]["1"])
+  # By motion: the mean over items, then the pooled row (all pixels together).
+  assert benchmark.main(["--dataset", "ucf101", "--root", os.fspath(tmp_path), "--baseline",
+                         "average", "--motion", "--json", os.fspath(out)]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  mean, pooled = (next(l for l in lines if l.startswith(word + " ")) for word in ("mean", "pooled"))
+  assert len(pooled.split()) == len(mean.split())
+  report = json.loads(out.read_text())
+  assert set(report["psnr_motion_pooled"]) == set(report["psnr_motion"])
 
 
 def test_cli_with_a_tiny_model(tmp_path, ucf_root):

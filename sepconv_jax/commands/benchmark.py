@@ -134,12 +134,18 @@ class _Table:
     if self.masked:
       cells.append(_format(scores.psnr_masked, 2))
     if self.motion:
-      by_motion = scores.psnr_motion or {}
-      cells += [_format(by_motion.get(bucket), 2) for bucket, _, _ in scoring.MOTION_BUCKETS]
+      cells += self._motion_cells(scores.psnr_motion)
     seconds = scores.seconds if isinstance(scores, runner.ItemResult) else (
         scores.seconds_per_frame)
     cells.append(_format(seconds, 3))
+    return self._line(name, cells)
+
+  def _line(self, name: str, cells: list[str]) -> str:
     return f"{name:<{self.width}}  " + "  ".join(f"{c:>11}" for c in cells)
+
+  @staticmethod
+  def _motion_cells(by_motion: dict | None) -> list[str]:
+    return [_format((by_motion or {}).get(bucket), 2) for bucket, _, _ in scoring.MOTION_BUCKETS]
 
   def start(self) -> None:
     if not self.quiet:
@@ -155,6 +161,9 @@ class _Table:
     else:
       print("-" * len(self.header))
     print(self.row("mean", report))
+    if self.motion:  # the motion buckets over all pixels together: steadier for sparse buckets
+      blanks = ["-"] * (2 + self.gaussian + self.masked)
+      print(self._line("pooled", blanks + self._motion_cells(report.psnr_motion_pooled) + ["-"]))
 
 
 def _predictor(args):

@@ -21,8 +21,9 @@ from sepconv_jax.evaluation import kernels as kernel_stats
 from sepconv_jax.evaluation.datasets import EvaluationError, Triplet
 from sepconv_jax.evaluation.scoring import (MOTION_BUCKETS, SSIM_GAUSSIAN_LABEL, SSIM_LABEL,
                                             motion_from_flows, motion_magnitude, psnr,
-                                            psnr_by_motion, psnr_masked, ssim, ssim_gaussian,
-                                            to_uint8)
+                                            psnr_by_motion, psnr_from_squared_error,
+                                            psnr_masked, squared_error_by_motion, ssim,
+                                            ssim_gaussian, to_uint8)
 
 
 @dataclasses.dataclass
@@ -35,6 +36,8 @@ class ItemResult:
   ssim_gaussian: float | None = None
   psnr_masked: float | None = None
   psnr_motion: dict[str, float | None] | None = None  # by MOTION_BUCKETS name
+  # By MOTION_BUCKETS name, `squared_error_by_motion` (additive: pooled over a set).
+  motion_error: dict[str, tuple[float, int]] | None = None
   # By MOTION_BUCKETS name, `kernels.kernel_sums` (additive: a set's statistics come from totals).
   kernel_sums: dict[str, dict[str, float]] | None = None
 
@@ -99,6 +102,18 @@ class Report:
     return {name: _mean(values.get(name) for values in scored) for name, _, _ in MOTION_BUCKETS}
 
   @property
+  def psnr_motion_pooled(self) -> dict[str, float | None] | None:
+    """Per motion bucket, the PSNR of all the items' pixels in it together (their mean squared
+    error): steadier than `psnr_motion` where a bucket holds few pixels of some items, whose PSNR
+    swings by decibels (an item weighs by its pixels, not one vote each); None without motion."""
+    errors = [item.motion_error for item in self.items if item.motion_error is not None]
+    if not errors:
+      return None
+    return {name: psnr_from_squared_error(sum(e[name][0] for e in errors),
+                                          sum(e[name][1] for e in errors))
+            for name, _, _ in MOTION_BUCKETS}
+
+  @property
   def kernels(self) -> dict[str, dict[str, float | None]] | None:
     """`kernels.kernel_statistics` over all items' pixels together; None without kernels."""
     sums = [item.kernel_sums for item in self.items if item.kernel_sums is not None]
@@ -120,7 +135,11 @@ class Report:
     if self.psnr_motion is not None:
       out["psnr_motion"] = self.psnr_motion
       out["metrics"]["psnr_motion"] = ("PSNR over the pixels whose motion (larger |DIS flow| from "
-                                       "the true middle frame to an input frame) is in each bucket")
+                                       "the true middle frame to an input frame) is in each "
+                                       "bucket, the mean over the items")
+      out["psnr_motion_pooled"] = self.psnr_motion_pooled
+      out["metrics"]["psnr_motion_pooled"] = ("the same buckets' PSNR over all the items' pixels "
+                                              "together (the set's mean squared error)")
     if self.kernels is not None:
       out["kernels"] = self.kernels
       out["metrics"]["kernels"] = ("per motion bucket, over both frames' pixels with a trusted "
@@ -183,6 +202,8 @@ def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, m
         psnr_masked=(None if triplet.mask is None
                      else psnr_masked(prediction, triplet.truth, triplet.mask)),
         psnr_motion=psnr_by_motion(prediction, triplet.truth, motion_map) if motion else None,
+        motion_error=(squared_error_by_motion(prediction, triplet.truth, motion_map)
+                      if motion else None),
         kernel_sums=None if kernels is None else kernel_stats.kernel_sums(
             [np.asarray(m) for m in kernels(triplet.first, triplet.second)], *flows))
     results.append(result)

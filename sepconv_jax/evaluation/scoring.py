@@ -124,6 +124,26 @@ def psnr_by_motion(prediction: np.ndarray, truth: np.ndarray, motion: np.ndarray
           for name, low, high in MOTION_BUCKETS}
 
 
+def squared_error_by_motion(prediction: np.ndarray, truth: np.ndarray, motion: np.ndarray
+                            ) -> dict[str, tuple[float, int]]:
+  """Per `MOTION_BUCKETS` name, (sum of squared errors, number of values) over the bucket's
+  pixels and all channels, in 0-255 units: additive over items, for `psnr_from_squared_error` of a
+  whole set's pixels together."""
+  prediction, truth = _pair(prediction, truth)
+  squared = np.sum((prediction.astype(np.float64) - truth.astype(np.float64)) ** 2, axis=-1)
+  sums = {}
+  for name, low, high in MOTION_BUCKETS:
+    inside = (motion >= low) & (motion < high)
+    sums[name] = (float(squared[inside].sum()), int(inside.sum()) * prediction.shape[2])
+  return sums
+
+
+def psnr_from_squared_error(total: float, count: int) -> float | None:
+  """PSNR of a mean squared error given as a sum over `count` values; None for no values or no
+  error."""
+  return None if count == 0 or total == 0 else 10.0 * math.log10(255.0**2 * count / total)
+
+
 # ------------------------------------------------------------------------------------------------
 # Baselines: the same (first, second) -> uint8 signature as a model's predictor.
 
