@@ -392,9 +392,8 @@ def train_dataset(data_dir: str | os.PathLike, *, batch_size: int = 16, crop_siz
   `object_flows_only` instead the exact flows of the pasted objects only (`augment`); with
   `max_flow` (`min_flow`), from the patches that move at most (at least) that much only
   (`read_split`); with `synthetic_objects`, that share of the crops carries a pasted moving
-  object, and
-  `all_orientations` and `channel_permutation` add symmetries and colour orders, and `prealign`
-  pre-aligns the input frames, keeping the captured ones too with `keep_captured`
+  object, and `all_orientations` and `channel_permutation` add symmetries and colour orders, and
+  `prealign` pre-aligns the input frames, keeping the captured ones too with `keep_captured`
   (`augment`)."""
   if not 0.0 < min_scale <= 1.0:
     raise ValueError(f"{min_scale=} must be in (0, 1]")
