@@ -21,9 +21,9 @@ from sepconv_jax.evaluation import kernels as kernel_stats
 from sepconv_jax.evaluation.datasets import EvaluationError, Triplet
 from sepconv_jax.evaluation.scoring import (MOTION_BUCKETS, SSIM_GAUSSIAN_LABEL, SSIM_LABEL,
                                             motion_from_flows, motion_magnitude, psnr,
-                                            psnr_by_motion, psnr_from_squared_error,
-                                            psnr_masked, squared_error_by_motion, ssim,
-                                            ssim_gaussian, to_uint8)
+                                            psnr_from_squared_error, psnr_masked,
+                                            squared_error_by_motion, ssim, ssim_gaussian,
+                                            to_uint8)
 
 
 @dataclasses.dataclass
@@ -192,18 +192,20 @@ def evaluate(triplets: Iterable[Triplet], predict: Predictor, *, dataset: str, m
     prediction = np.asarray(predict(triplet.first, triplet.second))
     seconds = time.perf_counter() - start
     flows = None if kernels is None else _middle_flows(triplet)
+    motion_error = None
     if motion:  # from the kernels' flows when there are some: the same DIS flows, computed once
       motion_map = (motion_magnitude(triplet.first, triplet.second, triplet.truth)
                     if flows is None else motion_from_flows(flows[0], flows[2]))
+      motion_error = squared_error_by_motion(prediction, triplet.truth, motion_map)
     result = ItemResult(
         name=triplet.name, psnr=psnr(prediction, triplet.truth),
         ssim=ssim(prediction, triplet.truth), seconds=seconds,
         ssim_gaussian=ssim_gaussian(prediction, triplet.truth) if gaussian_ssim else None,
         psnr_masked=(None if triplet.mask is None
                      else psnr_masked(prediction, triplet.truth, triplet.mask)),
-        psnr_motion=psnr_by_motion(prediction, triplet.truth, motion_map) if motion else None,
-        motion_error=(squared_error_by_motion(prediction, triplet.truth, motion_map)
-                      if motion else None),
+        psnr_motion=None if motion_error is None else {
+            name: psnr_from_squared_error(*sums) for name, sums in motion_error.items()},
+        motion_error=motion_error,
         kernel_sums=None if kernels is None else kernel_stats.kernel_sums(
             [np.asarray(m) for m in kernels(triplet.first, triplet.second)], *flows))
     results.append(result)

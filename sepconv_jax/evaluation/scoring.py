@@ -120,8 +120,8 @@ def motion_from_flows(flow0: np.ndarray, flow1: np.ndarray) -> np.ndarray:
 def psnr_by_motion(prediction: np.ndarray, truth: np.ndarray, motion: np.ndarray
                    ) -> dict[str, float | None]:
   """`psnr_masked` over the pixels of each of `MOTION_BUCKETS` (None where a bucket is empty)."""
-  return {name: psnr_masked(prediction, truth, (motion >= low) & (motion < high))
-          for name, low, high in MOTION_BUCKETS}
+  return {name: psnr_from_squared_error(*sums)
+          for name, sums in squared_error_by_motion(prediction, truth, motion).items()}
 
 
 def squared_error_by_motion(prediction: np.ndarray, truth: np.ndarray, motion: np.ndarray
